@@ -8,6 +8,6 @@ WEB_DIRECTORY = "./js"
 
 
 async def comfy_entrypoint():
-    from .nodes import MemoraExtension
+    from .nodes.extension import MemoraExtension
 
     return MemoraExtension()
