@@ -31,6 +31,7 @@ class LoadReport:
     dtype: str = ""
     partial: bool = False
     note: str = ""
+    changed: Optional[int] = None  # tensors whose values actually changed (None: not measured)
 
     def to_dict(self, max_keys: int = 20) -> dict:
         d = dict(self.__dict__)
@@ -150,13 +151,13 @@ class DiffusionModel:
         self._check_images(images)
         x = images.to(device=self.device, dtype=self.dtype) * 2 - 1
         if self.vae is None:
-            return x
+            return x.contiguous()
         out = []
         for chunk in x.split(batch_size):
             dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
             z = dist.sample(generator) if sample else dist.mean
             out.append(z * self.scaling_factor)
-        return torch.cat(out).to(self.dtype)
+        return torch.cat(out).to(self.dtype).contiguous()
 
     @torch.no_grad()
     def latent_distribution(self, images: torch.Tensor, *, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +171,7 @@ class DiffusionModel:
             dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
             means.append(dist.mean * self.scaling_factor)
             stds.append(dist.std * self.scaling_factor)
-        return torch.cat(means).to(self.dtype), torch.cat(stds).to(self.dtype)
+        return torch.cat(means).to(self.dtype).contiguous(), torch.cat(stds).to(self.dtype).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:
