@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import torch
 from comfy_api.latest import io, ui
@@ -87,11 +89,12 @@ class MemoraToComfy(io.ComfyNode):
     @classmethod
     def execute(cls, memora_model: ModelRef) -> io.NodeOutput:
         import comfy.sd
+        import comfy.utils
         import folder_paths
 
         from ..memora.errors import InputError
         from ..memora.loading import model_to_compvis
-        from ..memora.lora import kohya_state_dict
+        from ..memora.lora import save_lora
 
         model = memora_model.model
         if model.vae is None:
@@ -105,7 +108,11 @@ class MemoraToComfy(io.ComfyNode):
         if out is None or out[0] is None:
             raise InputError("ComfyUI did not recognise the exported model as SD 1.x")
         comfy_model, clip, vae = out[0], out[1], out[2]
-        for name, weight in memora_model.adapters:
-            comfy_model, clip = comfy.sd.load_lora_for_models(comfy_model, clip, kohya_state_dict(model, name),
-                                                              weight, weight)
+        # Each adapter of this link goes to ComfyUI as the kohya file save_lora writes (what core's LoraLoader
+        # reads, whatever format the adapter was loaded from), through a temporary file.
+        with tempfile.TemporaryDirectory(prefix="memora_bridge_") as tmp:
+            for name, weight in memora_model.adapters:
+                path = save_lora(model, os.path.join(tmp, f"{name}.safetensors"), adapter_name=name)
+                comfy_model, clip = comfy.sd.load_lora_for_models(comfy_model, clip, comfy.utils.load_torch_file(
+                    str(path), safe_load=True), weight, weight)
         return io.NodeOutput(comfy_model, clip, vae)

@@ -87,19 +87,21 @@ class TrainMemoraLoRA(io.ComfyNode):
         out_path = lora_output_path(filename_prefix)
         model = ModelRef(memora_model.model, label=memora_model.label).activate()  # train on the unlearned model
         name = unique_adapter_name()
-        losses: list[float] = []
+        losses: list[float] = []  # every update's loss; the live preview is drawn only every 10th update
+        progress = NodeProgress(cls.hidden.unique_id, preview=lambda event: loss_curve_image(losses, event.total),
+                                preview_every=10)
 
-        def preview(event):
-            if event.loss is not None:
+        def callback(event):
+            if event.phase == "train" and event.loss is not None:
                 losses.append(event.loss)
-            return loss_curve_image(losses, event.total)
+            progress(event)
 
         pixels = prepare_tensor_images(image_to_engine(images), resolution)
         metadata = {"prompt": prompt, "base": model.provenance.base, "unlearned": model.provenance.unlearned,
                     "method": model.provenance.method, "comfyui_node": "MemoRaTrainLoRA"}
         result = train_lora(model, pixels, prompt, config, adapter_name=name, out_path=out_path,
                             checkpoint_dir=out_path.parent if checkpoint_every else None, metadata=metadata,
-                            callback=NodeProgress(cls.hidden.unique_id, preview=preview, preview_every=10))
+                            callback=callback)
         curve = image_to_comfy(pil_to_tensor([loss_curve_image(result.losses, result.steps_total)]))
         return io.NodeOutput(memora_model.with_adapter(name, 1.0, str(result.path)), str(result.path),
                              {"loss": list(result.losses)},

@@ -30,7 +30,12 @@ class ModelRef:
 
     def activate(self):
         """Make exactly this ref's adapters active on the shared UNet (none: all disabled); returns the model."""
-        from ..memora.lora import set_lora_weights
+        from ..memora.lora import adapter_names, set_lora_weights
 
-        set_lora_weights(self.model, dict(self.adapters))
+        # set_lora_weights keeps adapters it is not given active, so every adapter on the UNet is named: the
+        # ones of this ref with their weights, all others (e.g. trained by a later node on the shared model) at 0.
+        weights = {name: 0.0 for name in adapter_names(self.model)}
+        weights.update(dict(self.adapters))
+        if weights:
+            set_lora_weights(self.model, weights)
         return self.model

@@ -11,7 +11,7 @@ os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("MEMORA_TEST_THREADS", "1")))  # small models: 1 thread is fastest
 
 
 def make_tiny_model(seed: int = 0):
