@@ -202,7 +202,7 @@ def unet_eps(model: DiffusionModel, latents: torch.Tensor, t: int | torch.Tensor
     """
     b = latents.shape[0]
     cond = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
-    if uncond is None or guidance == 1.0:
+    if uncond is None or (isinstance(guidance, (int, float)) and guidance == 1.0):
         return model.unet(latents, t, encoder_hidden_states=cond).sample
     uncond = uncond.expand(b, -1, -1) if uncond.shape[0] == 1 else uncond
     eps_u, eps_c = model.unet(torch.cat([latents, latents]), t,

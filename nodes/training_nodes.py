@@ -123,7 +123,8 @@ class ApplyMemoraLoRA(io.ComfyNode):
             inputs=[
                 MemoraModel.Input("memora_model", tooltip="The (unlearned) model."),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="A LoRA file from models/loras."),
+                               tooltip="A LoRA file from models/loras. Only its UNet part is applied here; for a "
+                                       "LoRA's text-encoder part use core LoraLoader after the MODEL/CLIP/VAE bridge."),
                 io.Float.Input("weight", default=1.0, min=-10.0, max=10.0, step=0.05,
                                tooltip="LoRA strength (the paper evaluates at 1.0)."),
             ],
@@ -139,5 +140,5 @@ class ApplyMemoraLoRA(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         name = unique_adapter_name("lora")
         with torch.inference_mode(False):
-            load_lora(memora_model.model, path, adapter_name=name, weight=weight)
+            load_lora(memora_model.model, path, adapter_name=name, weight=weight, text_encoder="ignore")
         return io.NodeOutput(memora_model.with_adapter(name, weight, os.path.basename(path)))
