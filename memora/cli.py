@@ -53,20 +53,25 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memora {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quiet = argparse.ArgumentParser(add_help=False)  # -q also works after the command
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
     # demo ---------------------------------------------------------------------------------------------------
-    p = sub.add_parser("demo", help="the toy world end to end on a CPU: erase a concept, recover it, detect it")
+    p = sub.add_parser("demo", parents=[quiet],
+                       help="the toy world end to end on a CPU: erase a concept, recover it, detect it")
     from .toy.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(p)
 
     # inspect ------------------------------------------------------------------------------------------------
-    p = sub.add_parser("inspect", help="report what a weights file contains and how it fits a base model (JSON)")
+    p = sub.add_parser("inspect", parents=[quiet],
+                       help="report what a weights file contains and how it fits a base model (JSON)")
     p.add_argument("path", help="weights file (.safetensors, .pt, .pth, .bin, .ckpt) or a diffusers folder")
     p.add_argument("--base", help="base model to check the file against (single file or diffusers folder)")
 
     # recover ------------------------------------------------------------------------------------------------
-    p = sub.add_parser("recover", help="run MemoRa: few concept images -> a LoRA that restores the concept",
+    p = sub.add_parser("recover", parents=[quiet],
+                       help="run MemoRa: few concept images -> a LoRA that restores the concept",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="a folder of concept images, or image files")
@@ -105,7 +110,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue training from a checkpoint written by --checkpoint-every")
 
     # generate -----------------------------------------------------------------------------------------------
-    p = sub.add_parser("generate", help="generate images with an (unlearned) model, optionally with LoRAs",
+    p = sub.add_parser("generate", parents=[quiet],
+                       help="generate images with an (unlearned) model, optionally with LoRAs",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_arguments(p)
     p.add_argument("--prompt", required=True)
