@@ -72,6 +72,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the finished file gets the usual permissions
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared while writing; refusing to overwrite it")
         os.replace(tmp, path)
