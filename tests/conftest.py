@@ -11,25 +11,9 @@ os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 import pytest
 import torch
 
+from tiny_models import make_tiny_model
+
 torch.set_num_threads(int(os.environ.get("MEMORA_TEST_THREADS", "1")))  # small models: 1 thread is fastest
-
-
-def make_tiny_model(seed: int = 0):
-    """A random-weight SD1-layout ``DiffusionModel`` (64 px images -> 8x8 latents).
-
-    The VAE's scaling factor is set to 1/std of its latents on random images, so latents have unit scale as in
-    SD (a random VAE's raw latents are ~0.05, which would make every error relative to them meaningless).
-    """
-    from memora.model import DiffusionModel
-    from memora.sd1 import build_components
-
-    c = build_components("tiny", seed=seed)
-    model = DiffusionModel(**c)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        z = model.vae.encode(torch.rand(4, 3, 64, 64, generator=g) * 2 - 1).latent_dist.mean
-    model.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    return model
 
 
 @pytest.fixture

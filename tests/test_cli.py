@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_tiny_model
+from tiny_models import make_tiny_model
 from memora.cli import main
 from memora.images import tensor_to_pil
 from memora.io import save_safetensors

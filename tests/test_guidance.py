@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from tiny_models import make_tiny_model
 from safetensors.torch import save_file
 
 from memora.errors import InputError

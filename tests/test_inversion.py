@@ -106,7 +106,7 @@ def _diffusers_invert_and_sample(model, z0, prompt, steps, start_step, guidance)
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def model():
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     return make_tiny_model(0)
 

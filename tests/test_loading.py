@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from tiny_models import make_tiny_model
 from memora.convert import model_to_compvis
 from memora.errors import InputError, UnsafeFileError, WeightFormatError
 from memora.io import save_json, save_safetensors, save_torch

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from tiny_models import make_tiny_model
 from safetensors.torch import load_file, save_file
 
 from memora.config import LoraTrainingConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
+from tiny_models import make_tiny_model
 from safetensors.torch import save_file
 
 from memora.errors import InputError

@@ -1,0 +1,26 @@
+"""Tiny SD1-layout models built in code, shared by the tests (import: ``from tiny_models import make_tiny_model``).
+
+Kept out of ``conftest.py``: ``tests/comfyui/conftest.py`` is another module named ``conftest``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_tiny_model(seed: int = 0):
+    """A random-weight SD1-layout ``DiffusionModel`` (64 px images -> 8x8 latents).
+
+    The VAE's scaling factor is set to 1/std of its latents on random images, so latents have unit scale as in
+    SD (a random VAE's raw latents are ~0.05, which would make every error relative to them meaningless).
+    """
+    from memora.model import DiffusionModel
+    from memora.sd1 import build_components
+
+    c = build_components("tiny", seed=seed)
+    model = DiffusionModel(**c)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = model.vae.encode(torch.rand(4, 3, 64, 64, generator=g) * 2 - 1).latent_dist.mean
+    model.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return model
