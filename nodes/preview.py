@@ -8,6 +8,8 @@ from typing import Sequence
 def loss_curve_image(losses: Sequence[float], total_steps: int, *, width: int = 384, height: int = 192,
                      title: str = "MemoRa LoRA loss"):
     """A PIL image of the loss per optimizer step (raw, light) and its running mean (dark)."""
+    import math
+
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), (250, 250, 250))
@@ -17,9 +19,11 @@ def loss_curve_image(losses: Sequence[float], total_steps: int, *, width: int = 
     n = len(losses)
     draw.text((left, 4), f"{title}  step {n}/{total_steps}" + (f"  loss {losses[-1]:.4f}" if n else ""),
               fill=(30, 30, 30))
-    if n == 0:
+    finite = [v for v in losses if math.isfinite(v)]
+    if not finite:
         return img
-    lo, hi = min(losses), max(losses)
+    lo, hi = min(finite), max(finite)
+    losses = [v if math.isfinite(v) else hi for v in losses]  # a nan/inf step (fp16 overflow) is drawn at the top
     if hi - lo < 1e-12:
         lo, hi = lo - 1e-3, hi + 1e-3
     draw.text((2, top - 2), f"{hi:.3g}", fill=(90, 90, 90))
