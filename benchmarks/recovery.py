@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--lora-steps", type=int, default=500 if cuda else 40)
     p.add_argument("--resolution", type=int, default=None, help="default: 512 for sd1, 64 for tiny")
     p.add_argument("--batch-size", type=int, default=8 if cuda else 4, help="images per UNet call in inversion")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models run fastest on one)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args()
 
