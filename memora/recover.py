@@ -76,12 +76,8 @@ def make_training_set(model: DiffusionModel, images: torch.Tensor, config: Recov
     generator = torch.Generator("cpu").manual_seed(inv_cfg.seed)
 
     t0 = time.perf_counter()
-    if inv_cfg.sample_posterior and model.vae is not None:
-        mean, std = model.latent_distribution(images, batch_size=inv_cfg.batch_size)
-        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
-        latents = mean + std * noise
-    else:
-        latents = model.encode_images(images, batch_size=inv_cfg.batch_size)
+    latents = model.encode_images(images, sample=inv_cfg.sample_posterior, generator=generator,
+                                  batch_size=inv_cfg.batch_size)
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

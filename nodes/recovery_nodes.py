@@ -78,12 +78,7 @@ class DDIMInvert(io.ComfyNode):
         model = memora_model.activate()
         pixels = prepare_tensor_images(image_to_engine(images), resolution)
         generator = torch.Generator("cpu").manual_seed(seed)
-        if sample_posterior and model.vae is not None:
-            mean, std = model.latent_distribution(pixels, batch_size=batch_size)
-            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
-            latents = mean + std * noise
-        else:
-            latents = model.encode_images(pixels, batch_size=batch_size)
+        latents = model.encode_images(pixels, sample=sample_posterior, generator=generator, batch_size=batch_size)
         inverted = invert(model, latents, prompt, steps=steps, start_step=start_step, guidance=guidance,
                           negative_prompt=negative_prompt, faithful=faithful, batch_size=batch_size,
                           callback=NodeProgress(cls.hidden.unique_id))
