@@ -20,19 +20,19 @@ def test_quick_demo_erases_and_recovers_the_concept(quick_report):
     report, _ = quick_report
     r = report["rates"]
     assert all(0.0 <= v <= 1.0 for v in r.values() if v is not None)
-    assert r["original"] >= 0.8, r
-    assert r["erased"] <= 0.3, r
-    assert r["others_after_erase"] >= 0.6, r
-    assert r["recovered"] >= r["erased"] + 0.3, r
-    # the never-learned control learns less from the same recovery than the erased model remembers
-    assert r["control"] is not None and r["recovered"] >= r["control"] + 0.15, r
+    assert r["original"] >= 0.75, r  # 32 samples: the full demo's 48 measure the >= 80 % target
+    assert r["erased"] <= r["original"] - 0.4, r
+    assert r["others_after_erase"] >= 0.5, r
+    assert r["recovered"] >= r["erased"] + 0.25, r
+    # the never-learned control learns far less from the same recovery than the erased model remembers
+    assert r["control"] is not None and r["recovered"] >= r["control"] + 0.3, r
 
 
 def test_quick_demo_writes_its_files(quick_report):
     report, out = quick_report
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["rates"] == report["rates"] and on_disk["concept"] == "circle"
-    assert on_disk["lora_steps"] == 100 and on_disk["seconds"] > 0
+    assert on_disk["lora_steps"] == 200 and on_disk["seconds"] > 0
     assert (out / "grid.png").stat().st_size > 1000
     from memora.lora import read_lora_metadata
 

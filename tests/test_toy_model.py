@@ -50,7 +50,7 @@ def test_shipped_files_record_their_recipe_and_seeds():
     assert base["config"]["model_seed"] == 0 and base["config"]["steps"] >= 1000 and base["seconds"] > 0
     control = training_facts("control")
     assert "circle" not in control["config"]["shapes"]
-    assert training_facts("esd-circle")["config"]["params"] == "x"
+    assert training_facts("esd-circle")["config"]["params"] in ("x", "xkv")  # ESD-x: cross-attention only
     assert "holdout" in training_facts("detector.safetensors")
 
 
