@@ -32,7 +32,7 @@ def test_quick_demo_writes_its_files(quick_report):
     report, out = quick_report
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["rates"] == report["rates"] and on_disk["concept"] == "circle"
-    assert on_disk["lora_steps"] == 200 and on_disk["seconds"] > 0
+    assert on_disk["lora_steps"] == 150 and on_disk["seconds"] > 0
     assert (out / "grid.png").stat().st_size > 1000
     from memora.lora import read_lora_metadata
 

@@ -406,7 +406,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     parser.add_argument("--quick", action="store_true", help="the reduced demo (fewer samples and LoRA steps)")
     parser.add_argument("--seed", type=int, default=0, help="shifts evaluation noise, few-image draw and LoRA seed")
-    parser.add_argument("--lora-steps", type=int, default=None, help="LoRA length (default 400; quick 200)")
+    parser.add_argument("--lora-steps", type=int, default=None, help="LoRA length (default 400; quick 150)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -126,9 +126,9 @@ class ToySettings:
     @classmethod
     def quick(cls) -> "ToySettings":
         """The reduced demo the tests run: fewer samples and LoRA steps, no remap / raw-baseline runs."""
-        s = cls(eval_concept_samples=32, eval_other_samples=8, checkpoints=(200,), run_remap=False,
+        s = cls(eval_concept_samples=32, eval_other_samples=8, checkpoints=(150,), run_remap=False,
                 run_raw_baseline=False, run_control=True)
-        s.lora = replace(s.lora, steps=200)
+        s.lora = replace(s.lora, steps=150)
         return s
 
 
