@@ -6,8 +6,7 @@ import functools
 
 import pytest
 import torch
-from tiny_models import make_tiny_model
-from safetensors.torch import save_file
+from tiny_models import make_tiny_model, write_random_lora
 
 from memora.errors import InputError
 from memora.guidance import apply_multi_memora, automemora_eps, generate_automemora
@@ -16,20 +15,6 @@ from memora.sampling import cfg_eps, generate
 
 PROMPTS = ["a photo of the parachute", "a photo of the church"]
 STEPS = 3
-
-
-def write_random_lora(model, path, *, rank=2, alpha=2.0, seed=0, scale=0.1):
-    """A kohya LoRA file on every attention projection with random factors (a strong, known perturbation)."""
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in model.unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
-            key = "lora_unet_" + name.replace(".", "_")
-            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * scale
-            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
-            tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
-    save_file(tensors, str(path))
-    return path
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_tiny_model
-from safetensors.torch import save_file
+from tiny_models import make_tiny_model, write_random_lora
 
 from memora.errors import InputError
 from memora.lora import load_lora
@@ -19,20 +18,6 @@ STEPS = 8
 @pytest.fixture(scope="module")
 def model():
     return make_tiny_model(0)
-
-
-def write_random_lora(model, path, *, rank=2, alpha=2.0, seed=0, scale=0.5):
-    """A kohya LoRA file on every attention projection with random factors (a strong, known perturbation)."""
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in model.unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
-            key = "lora_unet_" + name.replace(".", "_")
-            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * scale
-            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
-            tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
-    save_file(tensors, str(path))
-    return path
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "lms", "euler"])
@@ -141,7 +126,7 @@ def test_per_prompt_guidance_and_eps_fn(model):
 def test_lora_changes_output(model, tmp_path):
     model = model.clone()
     before = generate(model, PROMPTS[0], seeds=5, steps=4, scheduler="ddim")
-    load_lora(model, write_random_lora(model, tmp_path / "r.safetensors"))
+    load_lora(model, write_random_lora(model, tmp_path / "r.safetensors", scale=0.5))
     after = generate(model, PROMPTS[0], seeds=5, steps=4, scheduler="ddim")
     assert (after - before).abs().max() > 1e-2
 

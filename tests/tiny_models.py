@@ -6,6 +6,7 @@ Kept out of ``conftest.py``: ``tests/comfyui/conftest.py`` is another module nam
 from __future__ import annotations
 
 import torch
+from safetensors.torch import save_file
 
 
 def make_tiny_model(seed: int = 0):
@@ -24,3 +25,17 @@ def make_tiny_model(seed: int = 0):
         z = model.vae.encode(torch.rand(4, 3, 64, 64, generator=g) * 2 - 1).latent_dist.mean
     model.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return model
+
+
+def write_random_lora(model, path, *, rank=2, alpha=2.0, seed=0, scale=0.1):
+    """A kohya LoRA file on every attention projection with random factors (a strong, known perturbation)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * scale
+            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
+            tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
+    save_file(tensors, str(path))
+    return path
