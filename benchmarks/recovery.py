@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -25,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from memora.config import InversionConfig, LoraTrainingConfig, RecoveryConfig  # noqa: E402
+from memora.guidance import generate_automemora  # noqa: E402
 from memora.lora import train_lora  # noqa: E402
 from memora.model import DiffusionModel  # noqa: E402
 from memora.recover import make_training_set  # noqa: E402
+from memora.sampling import generate  # noqa: E402
 from memora.sd1 import build_components  # noqa: E402
 
 
@@ -35,6 +38,27 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def time_generation(model: DiffusionModel, n: int, resolution: int, device: torch.device) -> dict[str, float]:
+    """Seconds per evaluation image with the trained LoRA (LMS 50, CFG 7.5), plain and with AutoMemoRa."""
+    prompts = ["a photo of the parachute"] * n
+    seeds = list(range(n))
+    figures = {}
+    for name, run in (("generate", generate), ("automemora", generate_automemora)):
+        run(model, prompts[:1], seeds=seeds[:1], steps=2, height=resolution, width=resolution)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        images = run(model, prompts, seeds=seeds, steps=50, height=resolution, width=resolution, batch_size=n)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if not torch.isfinite(images).all():
+            raise SystemExit(f"{name}: non-finite pixels")
+        figures[f"{name}_s_per_image"] = round((time.perf_counter() - t0) / n, 3)
+        figures[f"{name}_peak_memory_gb"] = round(peak_memory_gb(device), 2)
+    return figures
 
 
 def main() -> None:
@@ -50,6 +74,10 @@ def main() -> None:
     p.add_argument("--lora-steps", type=int, default=500 if cuda else 40)
     p.add_argument("--resolution", type=int, default=None, help="default: 512 for sd1, 64 for tiny")
     p.add_argument("--batch-size", type=int, default=8 if cuda else 4, help="images per UNet call in inversion")
+    p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="off",
+                   help="trade LoRA step time for activation memory (the engine's default is off)")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="then time N evaluation images (LMS 50, CFG 7.5) with the LoRA, and N with AutoMemoRa")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models run fastest on one)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args()
@@ -69,7 +97,8 @@ def main() -> None:
         prompt="a photo of the parachute",
         inversion=InversionConfig(steps=args.steps, start_step=args.start_step, interp_steps=args.interp,
                                   batch_size=args.batch_size),
-        lora=LoraTrainingConfig(steps=args.lora_steps, resolution=resolution),
+        lora=LoraTrainingConfig(steps=args.lora_steps, resolution=resolution,
+                                gradient_checkpointing=args.gradient_checkpointing == "on"),
     )
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -85,6 +114,13 @@ def main() -> None:
         torch.cuda.synchronize()
     timings["train"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
+    recovery_peak = peak_memory_gb(device)
+    losses = [float(x) for x in result.losses]
+    if not all(math.isfinite(x) for x in losses):
+        raise SystemExit(f"non-finite LoRA loss: {losses[-10:]}")
+    extra: dict[str, float] = {}
+    if args.generate:
+        extra = time_generation(model, args.generate, resolution, device)
 
     figures = {
         "size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
@@ -93,8 +129,11 @@ def main() -> None:
         "build_s": round(build_s, 2),
         **{f"{k}_s": round(v, 2) for k, v in timings.items()},
         "train_step_ms": round(1000 * timings["train"] / max(1, result.steps_done), 1),
-        "peak_memory_gb": round(peak_memory_gb(device), 2),
+        "final_loss_mean_last_50": round(sum(losses[-50:]) / len(losses[-50:]), 5),
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "peak_memory_gb": round(recovery_peak, 2),
         "peak_memory_kind": "CUDA max allocated" if device.type == "cuda" else "process max RSS",
+        **extra,
         "torch": torch.__version__,
     }
     if args.json:

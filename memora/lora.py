@@ -271,8 +271,7 @@ class _TrainingSession:
         self.autocast_dtype = _autocast_dtype(config.mixed_precision, self.device)
         fp16 = self.autocast_dtype == torch.float16 or model.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and fp16 else None
-        want_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing is not None
-                              else self.device.type == "cuda")
+        want_checkpointing = bool(config.gradient_checkpointing)
         self._was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
         self._enabled_checkpointing = want_checkpointing and not self._was_checkpointing
         if self._enabled_checkpointing:

@@ -10,7 +10,6 @@ import torch
 from memora.erase import (ESD_U_EXCLUDED, ESDConfig, RemapConfig, RemapData, changed_tensors, erased_state_dict,
                           esd, remap, select_parameters)
 from memora.errors import InputError
-from memora.toy import data
 from memora.toy.demo import concept_rate, shape_rates
 from memora.toy.detector import load_detector
 from memora.toy.model import build_model, load_toy_model

@@ -11,7 +11,6 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
