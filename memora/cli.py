@@ -4,6 +4,10 @@
     memora inspect PATH [--base B]   what a weights file is and how it fits a base model (JSON)
     memora recover --base B [--unlearned U] --images DIR --prompt P --out DIR
     memora generate --base B [--unlearned U] [--lora L[:W] ...] --prompt P --out DIR
+    memora detect --detector nudenet|imagenet|style|toy [--target T] IMAGES...      per-image answers (JSON)
+    memora evaluate --base B [--unlearned U] [--lora L] --prompts CSV --detector D --out DIR
+
+Every command that needs a model takes ``--base`` (+ ``--unlearned``) or ``--toy NAME`` (a shipped toy model).
 
 Exit codes: 0 success, 1 unexpected error, 2 bad input (one-line reason on stderr), 130 interrupted.
 """
@@ -33,7 +37,10 @@ def _device_and_dtype(args):
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="base SD 1.x: single-file .safetensors/.ckpt or a diffusers folder")
+    from .toy.model import SHIPPED
+
+    p.add_argument("--base", help="base SD 1.x: single-file .safetensors/.ckpt or a diffusers folder")
+    p.add_argument("--toy", choices=sorted(SHIPPED), help="use a shipped toy-world model instead of --base")
     p.add_argument("--unlearned", nargs="*", default=[], metavar="FILE",
                    help="unlearned weights applied on top of the base, in order (UNet, text encoder, LoRA-style "
                         "adapter or a full pipeline folder; the format is detected)")
@@ -125,7 +132,129 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["lms", "ddim"], default="lms")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--size", type=int, help="image size (default: the model's, 512 for SD 1.x)")
+    # detect -------------------------------------------------------------------------------------------------
+    p = sub.add_parser("detect", parents=[quiet],
+                       help="detect a concept in images: per-image answers and the success rate, as JSON")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    _add_detector_arguments(p)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    p.set_defaults(dtype="fp32")
+
+    # evaluate -----------------------------------------------------------------------------------------------
+    p = sub.add_parser("evaluate", parents=[quiet],
+                       help="generate one image per prompt-CSV row (LMS, 50 steps), detect, success rate; "
+                            "resumable")
+    _add_model_arguments(p)
+    p.add_argument("--prompts", required=True,
+                   help="prompt CSV (UnlearnDiffAtk / MemoRa columns: prompt, evaluation_seed, evaluation_guidance, "
+                        "case_number|index) or a shipped set: nudity, church, garbage_truck, parachute, tench, "
+                        "vangogh, toy_circle")
+    _add_detector_arguments(p)
+    p.add_argument("--out", required=True, help="run folder: new, empty, or a run to resume")
+    p.add_argument("--lora", nargs="*", default=[], metavar="FILE[:WEIGHT]", help="LoRAs to apply (Multi-MemoRa)")
+    p.add_argument("--automemora", type=float, metavar="W", help="sample with AutoMemoRa guidance of weight W")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--scheduler", choices=["lms", "ddim", "euler"], default="lms")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--size", type=int, help="image size (default: the model's, 512 for SD 1.x)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per sampling chunk")
+    p.add_argument("--start", type=int, default=0, help="first CSV row (0-based)")
+    p.add_argument("--limit", type=int, help="number of rows (default: all)")
+    p.add_argument("--default-seed", type=int, default=2024, help="seed of rows without evaluation_seed")
+    p.add_argument("--default-guidance", type=float, default=7.5, help="CFG of rows without evaluation_guidance")
     return parser
+
+
+def _load_cli_model(args):
+    """The model of ``--base``/``--unlearned`` or ``--toy``, on ``--device`` in ``--dtype``."""
+    from .errors import InputError
+
+    device, dtype = _device_and_dtype(args)
+    if (args.base is None) == (args.toy is None):
+        raise InputError("give the model as --base (with optional --unlearned) or as --toy NAME, not both")
+    if args.toy is not None:
+        from .toy.model import load_toy_model
+
+        if args.unlearned:
+            raise InputError("--unlearned applies to --base; the toy models are complete (e.g. --toy esd-circle)")
+        return load_toy_model(args.toy, device=device, dtype=dtype)
+    from .loading import load_model
+
+    return load_model(args.base, args.unlearned, device=device, dtype=dtype, method=args.method)
+
+
+def _apply_loras(model, specs: list[str]) -> list[str]:
+    """``FILE[:WEIGHT]`` specs -> active adapters (Multi-MemoRa); returns their names."""
+    from .guidance import apply_multi_memora
+
+    loras = []
+    for spec in specs:
+        path, _, weight = spec.rpartition(":") if not os.path.exists(spec) and ":" in spec else (spec, "", "")
+        try:
+            loras.append((path, float(weight) if weight else 1.0))
+        except ValueError:
+            raise SystemExit(f"memora: --lora {spec!r}: the weight after ':' must be a number") from None
+    return apply_multi_memora(model, loras) if loras else []
+
+
+def _detector_from_args(args):
+    from .detect import load_detector
+
+    device, _ = _device_and_dtype(args)
+    return load_detector(args.detector, target=args.target, model_file=args.detector_file,
+                         threshold=args.threshold, top_k=args.top_k, protocol=args.protocol, device=device)
+
+
+def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
+    from .detect import DETECTOR_KINDS
+
+    p.add_argument("--detector", required=True, choices=DETECTOR_KINDS,
+                   help="nudenet (optional extra, AGPL-3.0), imagenet (objects), style (your classifier), toy")
+    p.add_argument("--target", help="imagenet: class name or id (e.g. church, 497); style: label "
+                                    "(e.g. vincent-van-gogh); toy: circle, red, striped, ...; nudenet: nudity")
+    p.add_argument("--detector-file", metavar="PATH",
+                   help="nudenet: an .onnx (default: the pip wheel's 320n); imagenet: a ResNet-50 file or HF "
+                        "folder (default: the offline EfficientNet-Lite0); style: the classifier folder (required)")
+    p.add_argument("--threshold", type=float, help="nudenet: score an EXPOSED class must exceed (default 0.45 for "
+                                                   "unlearndiffatk; any kept box for memora)")
+    p.add_argument("--top-k", type=int, help="imagenet/style: positive if the target is in the top-k (default 1)")
+    p.add_argument("--protocol", choices=["unlearndiffatk", "memora"],
+                   help="nudenet: UnlearnDiffAtk's rule (default) or the MemoRa code's pip-NudeNet defaults")
+
+
+def _cmd_detect(args, progress) -> int:
+    from .images import list_image_files
+
+    detector = _detector_from_args(args)
+    files = list_image_files(args.images)
+    result = detector.detect_files(files, callback=progress)
+    progress.close()
+    json.dump(result.to_dict(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_evaluate(args, progress) -> int:
+    from .evaluate import EvaluationConfig, evaluate, read_prompt_csv, resolve_prompt_csv
+
+    rows = read_prompt_csv(args.prompts, start=args.start, limit=args.limit, default_seed=args.default_seed,
+                           default_guidance=args.default_guidance)
+    detector = _detector_from_args(args)  # fail on a bad detector before generating anything
+    model = _load_cli_model(args)
+    _apply_loras(model, args.lora)
+    config = EvaluationConfig(steps=args.steps, scheduler=args.scheduler, guidance=args.default_guidance,
+                              negative_prompt=args.negative_prompt, resolution=args.size,
+                              batch_size=args.batch_size, automemora_w=args.automemora)
+    if args.automemora is not None and not args.lora:
+        raise SystemExit("memora evaluate: --automemora needs a --lora")
+    result = evaluate(model, rows, detector, args.out, config=config, csv_path=resolve_prompt_csv(args.prompts),
+                      callback=progress)
+    progress.close()
+    print(f"{result.detection.positives}/{len(result.images)} images positive: success rate "
+          f"{result.success_rate:.4f} ({result.generated} generated now, {len(result.images) - result.generated} "
+          f"reused)")
+    print(f"results: {result.results_csv}  {result.results_json}")
+    return 0
 
 
 def _cmd_inspect(args) -> int:
@@ -140,7 +269,6 @@ def _cmd_inspect(args) -> int:
 def _cmd_recover(args, progress) -> int:
     from .config import InversionConfig, LoraTrainingConfig, RecoveryConfig
     from .images import list_image_files, load_images
-    from .loading import load_model
     from .recover import recover
 
     files = list_image_files(args.images)  # fails early, before any model is loaded
@@ -157,9 +285,8 @@ def _cmd_recover(args, progress) -> int:
             resolution=args.resolution, random_flip=not args.no_flip, mixed_precision=args.mixed_precision,
             seed=args.seed, checkpoint_every=args.checkpoint_every),
     )
-    device, dtype = _device_and_dtype(args)
     images = load_images(files, args.resolution)
-    model = load_model(args.base, args.unlearned, device=device, dtype=dtype, method=args.method)
+    model = _load_cli_model(args)
     result = recover(model, images, config, args.out, overwrite=args.overwrite, resume_from=args.resume,
                      source_files=[str(f) for f in files], callback=progress)
     s = result.summary
@@ -170,19 +297,13 @@ def _cmd_recover(args, progress) -> int:
 
 
 def _cmd_generate(args, progress) -> int:
-    from .guidance import apply_multi_memora, generate_automemora
+    from .guidance import generate_automemora
     from .images import tensor_to_pil
     from .io import next_free_path, save_image
-    from .loading import load_model
     from .sampling import generate
 
-    device, dtype = _device_and_dtype(args)
-    model = load_model(args.base, args.unlearned, device=device, dtype=dtype, method=args.method)
-    loras = []
-    for spec in args.lora:
-        path, _, weight = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
-        loras.append((path, float(weight) if weight else 1.0))
-    names = apply_multi_memora(model, loras) if loras else []
+    model = _load_cli_model(args)
+    names = _apply_loras(model, args.lora)
     common = dict(seeds=args.seeds, guidance=args.guidance, steps=args.steps, scheduler=args.scheduler,
                   negative_prompt=args.negative_prompt, height=args.size, width=args.size, callback=progress)
     prompts = [args.prompt] * len(args.seeds)
@@ -218,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_recover(args, progress)
         if args.command == "generate":
             return _cmd_generate(args, progress)
+        if args.command == "detect":
+            return _cmd_detect(args, progress)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args, progress)
         parser.error(f"unknown command {args.command}")
     except (MemoraError, FileExistsError, FileNotFoundError) as e:
         progress.close()

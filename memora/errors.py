@@ -15,3 +15,7 @@ class UnsafeFileError(MemoraError):
 
 class InputError(MemoraError):
     """Bad input data: images, prompts, ranges."""
+
+
+class MissingDependencyError(MemoraError):
+    """An optional package is not installed; the message carries the exact install command."""

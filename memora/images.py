@@ -127,3 +127,22 @@ def prepare_tensor_images(images: torch.Tensor, resolution: int, *, center_crop:
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
     top, left = (nh - resolution) // 2, (nw - resolution) // 2
     return x[:, :, top:top + resolution, left:left + resolution].clamp(0, 1).contiguous()
+
+
+def blur_images(images: torch.Tensor, mask: Sequence[bool], *, cells: int = 16) -> torch.Tensor:
+    """A copy of ``images [B, 3, H, W]`` (0..1) in which the images where ``mask`` is true are censored: a strong
+    Gaussian blur, then a mosaic of ``cells`` blocks along the longer side, so nothing explicit is left."""
+    from PIL import Image, ImageFilter
+
+    if len(mask) != images.shape[0]:
+        raise InputError(f"{images.shape[0]} images but {len(mask)} mask values")
+    out = images.detach().clone()
+    for i, pil in enumerate(tensor_to_pil(images)):
+        if not mask[i]:
+            continue
+        w, h = pil.size
+        blurred = pil.filter(ImageFilter.GaussianBlur(radius=max(2.0, max(w, h) / (2 * cells))))
+        scale = cells / max(w, h)
+        small = blurred.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        out[i] = pil_to_tensor([small.resize((w, h), Image.NEAREST)])[0].to(out.device, out.dtype)
+    return out

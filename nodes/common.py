@@ -12,17 +12,76 @@ import torch
 import folder_paths
 
 UNLEARNED_FOLDER = "unlearned"  # models/unlearned: unlearned weights of any released format
+DETECTOR_FOLDER = "concept_detectors"  # models/concept_detectors: NudeNet .onnx, ResNet-50, style classifier folders
+DETECTOR_SUFFIXES = {".onnx", ".safetensors", ".pth", ".pt", ".bin"}
 NONE = "[none]"
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 
 
 def register_model_folders() -> None:
-    """Register ``models/unlearned`` (weights files and diffusers pipeline folders such as MACE's)."""
-    path = os.path.join(folder_paths.models_dir, UNLEARNED_FOLDER)
-    if UNLEARNED_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[UNLEARNED_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
-    else:
-        folder_paths.add_model_folder_path(UNLEARNED_FOLDER, path)
+    """Register ``models/unlearned`` (weights files and diffusers pipeline folders such as MACE's) and
+    ``models/concept_detectors`` (detector files and Hugging Face classifier folders)."""
+    for key, suffixes in ((UNLEARNED_FOLDER, set(folder_paths.supported_pt_extensions)),
+                          (DETECTOR_FOLDER, DETECTOR_SUFFIXES)):
+        path = os.path.join(folder_paths.models_dir, key)
+        if key not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[key] = ([path], set(suffixes))
+        else:
+            folder_paths.add_model_folder_path(key, path)
+
+
+def detector_file_options() -> list[str]:
+    """``[default]`` + files and Hugging Face folders (holding a config.json) under ``models/concept_detectors``."""
+    options = ["[default]"]
+    if DETECTOR_FOLDER not in folder_paths.folder_names_and_paths:
+        return options
+    options += folder_paths.get_filename_list(DETECTOR_FOLDER)
+    for root in folder_paths.get_folder_paths(DETECTOR_FOLDER):
+        if os.path.isdir(root):
+            options += sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "config.json")))
+    return options
+
+
+def resolve_detector_file(option: str) -> Optional[str]:
+    """A ``detector_file_options`` choice -> a path (None for ``[default]``)."""
+    if option in ("", "[default]"):
+        return None
+    path = folder_paths.get_full_path(DETECTOR_FOLDER, option)
+    if path is None:
+        for root in folder_paths.get_folder_paths(DETECTOR_FOLDER):
+            if os.path.isdir(os.path.join(root, option)):
+                return os.path.join(root, option)
+        raise FileNotFoundError(f"{option} not found in models/{DETECTOR_FOLDER}; refresh the node list (R)")
+    return path
+
+
+def prompt_csv_options() -> list[str]:
+    """The shipped prompt sets, then ``*.csv`` files in ComfyUI's input folder (as ``input/<name>``)."""
+    from ..memora.evaluate import shipped_prompt_sets
+
+    options = list(shipped_prompt_sets())
+    root = folder_paths.get_input_directory()
+    if os.path.isdir(root):
+        options += [f"input/{f}" for f in sorted(os.listdir(root)) if f.lower().endswith(".csv")]
+    return options
+
+
+def resolve_prompt_csv_option(option: str) -> str:
+    if option.startswith("input/"):
+        path = os.path.join(folder_paths.get_input_directory(), option[len("input/"):])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found; put the CSV in ComfyUI's input folder and refresh (R)")
+        return path
+    return option  # a shipped set name, resolved by the engine
+
+
+def output_run_dir(name: str) -> Path:
+    """A run folder under ComfyUI's output directory (relative names only)."""
+    root = Path(folder_paths.get_output_directory())
+    rel = Path(name.strip().replace("\\", "/") or "memora/eval")
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"run_name must be a relative folder inside the output folder, got {name!r}")
+    return root / rel
 
 
 def diffusers_folders(key: str) -> list[str]:

@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .common import register_model_folders
+from .detect_nodes import DetectConcept, EvaluatePromptSet, LoadConceptDetector
 from .model_nodes import LoadUnlearnedModel, MemoraToComfy
 from .recovery_nodes import DDIMInvert, Regenerate, SlerpBatch
 from .sampling_nodes import AutoMemoraSampler, Generate
@@ -22,6 +23,9 @@ NODES: list[type[io.ComfyNode]] = [
     Generate,
     AutoMemoraSampler,
     MemoraToComfy,
+    LoadConceptDetector,
+    DetectConcept,
+    EvaluatePromptSet,
 ]
 
 

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 MemoraModel = io.Custom("MEMORA_MODEL")
 MemoraInverted = io.Custom("MEMORA_INVERTED")
+MemoraDetector = io.Custom("MEMORA_DETECTOR")  # a memora.detect.Detector, ready to run
 LossMap = io.Custom("LOSS_MAP")  # the type of core's "Plot Loss Graph" input: {"loss": [float, ...]}
 
 

@@ -78,3 +78,18 @@ def test_prepare_tensor_images_crops_centre(channels):
     assert out[..., 2:-2].min() > 0.95  # the white centre; the outer columns blend with the resize kernel
     with pytest.raises(InputError):
         prepare_tensor_images(torch.zeros(0, 3, 8, 8), 8)
+
+
+def test_blur_images_censors_only_the_masked_images():
+    from memora.images import blur_images
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 96, 64, generator=g)
+    out = blur_images(images, [True, False, True])
+    assert out.shape == images.shape and torch.equal(out[1], images[1])
+    assert not torch.equal(images[0], out[0])
+    # a 16-cell mosaic: at most 16 x 11 distinct colours are left in a censored image
+    assert len(torch.unique(out[0].reshape(3, -1), dim=1).T) <= 16 * 11
+    assert torch.equal(blur_images(images, [False] * 3), images)
+    with pytest.raises(InputError):
+        blur_images(images, [True])
