@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -166,29 +168,149 @@ class NodeProgress:
     """An engine ``ProgressCallback`` driving ComfyUI's progress bar (which also makes loops interruptible).
 
     One bar per phase. ``preview`` (optional) maps an event to a PIL image shown live on the node.
+
+    With a node id and a running ``PromptServer`` it also keeps the node's text legible during long runs (both are
+    throttled to ``text_interval`` seconds, ~4 per second, and the last step of a phase is always sent):
+
+    - a one-line progress text, ``PromptServer.send_progress_text`` (ComfyUI's frontend shows it on the node), e.g.
+      ``"train 120/500 · loss 0.0123 · 4.1 it/s · ETA 0:29"``, ``"invert 12/35"``, ``"detect 3/4"``;
+    - for events that carry a loss, a ``"memora.loss"`` websocket event ``{"node", "prompt_id", "phase", "step",
+      "total", "points": [[step, loss], ...]}`` with every loss since the previous one (``js/memora.js`` draws the
+      live loss curve of Train MemoRa LoRA from it).
+
+    Without a server (the CLI, unit tests) only the progress bar is driven.
     """
 
-    def __init__(self, node_id: Optional[str] = None, preview=None, preview_every: int = 10):
+    TEXT_INTERVAL = 0.25  # seconds between two progress texts / loss events of one node (the last step always goes)
+    LOSS_EVENT = "memora.loss"
+
+    def __init__(self, node_id: Optional[str] = None, preview=None, preview_every: int = 10,
+                 text: bool = True, text_interval: float = TEXT_INTERVAL):
         self.node_id = node_id
         self.preview = preview
         self.preview_every = preview_every
+        self.text = text
+        self.text_interval = text_interval
         self._bar = None
         self._phase = None
+        self._phase_start = None  # (time.monotonic(), step) of the phase's first event: the speed is measured from it
+        self._last_sent = None  # time.monotonic() of the last text / loss event
+        self._step = 0  # the last event's step
+        self._losses: list[list] = []  # [step, loss] not sent yet
 
     def __call__(self, event) -> None:
         import comfy.model_management as mm
         import comfy.utils
 
-        if event.phase != self._phase:
+        new_phase = event.phase != self._phase
+        if new_phase:
             self._phase = event.phase
             self._bar = comfy.utils.ProgressBar(event.total, node_id=self.node_id)
+        if new_phase or self._phase_start is None or event.step < self._step:  # (a phase run again restarts)
+            self._phase_start = (time.monotonic(), event.step)
+            self._losses = []
+        self._step = event.step
+        if event.loss is not None:
+            self._losses.append([int(event.step), float(event.loss)])
+        self._send_text(event, force=new_phase)
         preview = None
         if self.preview is not None and (event.step % self.preview_every == 0 or event.step >= event.total):
             image = self.preview(event)
             if image is not None:
                 preview = ("PNG", image, 512)
-        self._bar.update_absolute(event.step, event.total, preview)
-        mm.throw_exception_if_processing_interrupted()
+        try:
+            self._bar.update_absolute(event.step, event.total, preview)
+            mm.throw_exception_if_processing_interrupted()
+        except mm.InterruptProcessingException:  # Cancel: say where it stopped, with the losses not sent yet
+            self._send_text(event, force=True, suffix="cancelled")
+            raise
+
+    # ------------------------------------------------------------------------------------------ progress text
+    @staticmethod
+    def format_duration(seconds: float) -> str:
+        """``29 -> "0:29"``, ``3723 -> "1:02:03"`` (whole seconds, rounded)."""
+        seconds = max(0, int(round(seconds)))
+        hours, rest = divmod(seconds, 3600)
+        minutes, secs = divmod(rest, 60)
+        return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+    @staticmethod
+    def format_loss(loss: float) -> str:
+        import math
+
+        if not math.isfinite(loss):
+            return str(loss)
+        return f"{loss:.4f}" if loss == 0 or 1e-3 <= abs(loss) < 1e4 else f"{loss:.3e}"
+
+    @staticmethod
+    def format_text(phase: str, step: int, total: int, loss: Optional[float] = None,
+                    rate: Optional[float] = None, elapsed: Optional[float] = None, suffix: str = "") -> str:
+        """The one-line progress text: ``"train 120/500 · loss 0.0123 · 4.1 it/s · ETA 0:29"``.
+
+        ``rate`` is in steps per second (shown as ``s/it`` below 1); the ETA is ``(total - step) / rate``; at the
+        last step ``elapsed`` (seconds) is shown instead (``"done in 2:04"``). ``suffix`` is appended (``"cancelled"``).
+        """
+        parts = [f"{phase} {step}/{total}"]
+        if loss is not None:
+            parts.append(f"loss {NodeProgress.format_loss(loss)}")
+        if rate is not None and rate > 0:
+            parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
+            if step < total and not suffix:
+                parts.append(f"ETA {NodeProgress.format_duration((total - step) / rate)}")
+        if step >= total and elapsed is not None:
+            parts.append(f"done in {NodeProgress.format_duration(elapsed)}")
+        if suffix:
+            parts.append(suffix)
+        return " · ".join(parts)
+
+    def _send_text(self, event, force: bool = False, suffix: str = "") -> None:
+        """Send the progress text (and the pending losses) unless throttled; never raises."""
+        if not self.text or self.node_id is None:
+            return
+        now = time.monotonic()
+        last = event.step >= event.total
+        if not (force or last or self._last_sent is None or now - self._last_sent >= self.text_interval):
+            return
+        try:
+            from server import PromptServer
+
+            instance = getattr(PromptServer, "instance", None)
+            if instance is None:
+                return
+            self._last_sent = now
+            rate = elapsed = None
+            if self._phase_start is not None:
+                t0, s0 = self._phase_start  # the phase's first event: its first step(s) are not timed
+                if event.step > s0:
+                    timed = now - t0
+                    if event.step - s0 >= 2 and timed > 0:  # the speed needs two timed steps
+                        rate = (event.step - s0) / timed
+                    elapsed = timed * event.step / (event.step - s0)  # (+ the untimed first steps, at that speed)
+            sid = getattr(instance, "client_id", None)
+            if hasattr(instance, "send_progress_text"):
+                text = self.format_text(event.phase, event.step, event.total, event.loss, rate, elapsed, suffix)
+                instance.send_progress_text(text, self.node_id, sid)
+            if self._losses:
+                points, self._losses = self._losses, []
+                instance.send_sync(self.LOSS_EVENT, {"node": str(self.node_id), "prompt_id": self._prompt_id(instance),
+                                                     "phase": event.phase, "step": int(event.step),
+                                                     "total": int(event.total), "points": points}, sid)
+        except Exception as error:  # the text is a nicety: never let it break a run
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                logging.getLogger(__name__).debug("MemoRa progress text not sent: %s", error)
+
+    @staticmethod
+    def _prompt_id(instance) -> Optional[str]:
+        try:
+            from comfy_execution.utils import get_executing_context
+
+            context = get_executing_context()
+            if context is not None and context.prompt_id is not None:
+                return context.prompt_id
+        except Exception:
+            pass
+        return getattr(instance, "last_prompt_id", None)
 
 
 def lora_output_path(filename_prefix: str) -> Path:

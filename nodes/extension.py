@@ -8,6 +8,7 @@ from typing_extensions import override
 
 from .common import register_model_folders
 from .detect_nodes import DetectConcept, EvaluatePromptSet, LoadConceptDetector
+from .toy_nodes import EraseConceptESD, LoadToyModel, ToyConceptImages
 from .model_nodes import LoadUnlearnedModel, MemoraToComfy
 from .recovery_nodes import DDIMInvert, Regenerate, SlerpBatch
 from .sampling_nodes import AutoMemoraSampler, Generate
@@ -26,6 +27,9 @@ NODES: list[type[io.ComfyNode]] = [
     LoadConceptDetector,
     DetectConcept,
     EvaluatePromptSet,
+    EraseConceptESD,
+    LoadToyModel,
+    ToyConceptImages,
 ]
 
 
