@@ -127,3 +127,34 @@ def test_each_workflow_explains_itself(path):
     assert "Expected" in text and "models/" in text, path.name  # timing/VRAM, and which file goes where
     if path.stem not in ("toy", "use_recovered_lora"):
         assert "Reading it" in text, path.name  # how to read the numbers
+
+
+def test_readme_shows_each_workflow_with_a_screenshot():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    shots = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[^)]+)\)", readme)
+    assert {Path(s).stem for s in shots} == set(EXPECTED)
+    for shot in shots:
+        assert (REPO / shot).is_file(), f"README shows {shot}, which does not exist"
+        assert (REPO / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_seed_widgets_carry_the_frontends_control_value(path):
+    """The frontend gives every INT named seed/noise_seed a "control after generate" widget (unless the schema
+    says otherwise): its value must follow the seed in widgets_values, or every later value shifts by one."""
+    for node in _load(path)["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        schema = SCHEMAS[node["type"]]
+        widgets = [n for n in ordered_inputs(schema) if is_widget(input_spec(schema, n))]
+        values, i = node["widgets_values"], 0
+        for name in widgets:
+            spec = input_spec(schema, name)
+            i += 1
+            if spec[0] == "INT" and (name in ("seed", "noise_seed") or (spec[1] if len(spec) > 1 else {}).get(
+                    "control_after_generate")):
+                assert values[i] in ("fixed", "increment", "decrement", "randomize"), (path.name, node["id"], name)
+                i += 1
+        assert i == len(values), (path.name, node["id"])

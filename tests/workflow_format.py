@@ -59,9 +59,14 @@ def combo_options(spec: list) -> list | None:
 
 
 def has_control_widget(name: str, spec: list) -> bool:
-    """The frontend adds a "control after generate" value after this widget's value."""
+    """The frontend adds a "control after generate" value after this widget's value: for an INT whose schema
+    asks for it, and (unless the schema says no) for any INT named ``seed`` or ``noise_seed``."""
+    if spec[0] != "INT":
+        return False
     options = spec[1] if len(spec) > 1 else {}
-    return bool(options.get("control_after_generate"))
+    if "control_after_generate" in options:
+        return bool(options["control_after_generate"])
+    return name in ("seed", "noise_seed")
 
 
 def widget_names(schema: dict) -> list[str]:

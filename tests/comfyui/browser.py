@@ -40,14 +40,27 @@ from comfy_testing import PACK_NAME, REPO_ROOT
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1600, "height": 1200}  # 4:3, so the thumbnails are plain 400x300 reductions
+VIEWPORT = {"width": 1600, "height": 1200}  # 4:3, as the thumbnails
 THUMBNAIL_SIZE = (400, 300)
 THUMBNAIL_QUALITY = 85
 UI_TIMEOUT_MS = 120_000  # one UI step (page start, a template load) on two busy CPU cores
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".gguf")
-# Model widgets of this pack whose values carry no models-folder prefix and that the frontend cannot place (it
-# knows the folders of core loaders only): (node type, widget) -> ComfyUI folder key.
-PACK_MODEL_WIDGET_FOLDERS = {("MemoRaApplyLoRA", "lora_name"): "loras"}
+# User settings (the session server's user) written before every page start:
+START_SETTINGS = {
+    # a first run opens a blank graph and the template browser; a later start restores the last workflow or loads
+    # the default graph (with models fetched from the internet): every start is a first run, deterministic
+    "Comfy.TutorialCompleted": False,
+    # LiteGraph draws nodes as bare boxes (no text) when the fitted zoom makes fonts smaller than 8 px: keep full
+    # detail at every zoom so that the screenshots of large workflows show their nodes
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+    # the minimap covers the bottom-right corner of the canvas in the screenshots
+    "Comfy.Minimap.Visible": False,
+}
+# Model widgets of this pack whose values carry no models-folder prefix, so that neither the frontend (it knows the
+# folders of core loaders only) nor the tests can tell where they live: (node type, widget) -> (ComfyUI folder
+# key, "file" or "hf-folder": a Hugging Face model folder, listed when it holds a config.json).
+PACK_MODEL_WIDGETS = {("MemoRaApplyLoRA", "lora_name"): ("loras", "file"),
+                      ("MemoRaLoadDetector", "model_file"): ("concept_detectors", "hf-folder")}
 
 
 def workflow_files() -> list[Path]:
@@ -131,7 +144,35 @@ def _missing_thumbnail_404(entry: ConsoleEntry, server_url: str) -> bool:
         and not (WORKFLOWS_DIR / urllib.parse.unquote(f"{m.group(2)}.{m.group(3)}")).exists()
 
 
+_BLOCKED = re.compile(r"^(?:Connecting to '(?P<a>[^']+)' violates the following Content Security Policy directive"
+                      r"|Fetch API cannot load (?P<b>\S+?)\.? Refused to connect because it violates the document's "
+                      r"Content Security Policy)")
+
+
+def _external_connection_blocked(entry: ConsoleEntry, server_url: str) -> bool:
+    if entry.kind != "console.error":
+        return False
+    m = _BLOCKED.match(entry.text)
+    if m:
+        target = m.group("a") or m.group("b")
+    elif entry.text.startswith("Failed to load resource: net::ERR_"):
+        target = entry.url
+    else:
+        return False
+    return bool(target) and urllib.parse.urlsplit(target).scheme in ("http", "https") \
+        and not target.startswith(server_url + "/")
+
+
 IGNORED_CONSOLE_ERRORS: tuple[IgnoreRule, ...] = (
+    IgnoreRule(
+        "connection to an external host blocked (offline test machine)",
+        "Connections to hosts other than the ComfyUI server, refused by the server's Content Security Policy "
+        "(connect-src 'self') or failing at the network level. Seen: when a workflow shows missing models, the "
+        "frontend asks the Comfy registry https://api.comfy.org/comfy-nodes/<node type>/node and "
+        "https://api.comfy.org/nodes?node_id=comfy-core which pack provides each node; it asks huggingface.co "
+        "for model files that carry download URLs. Only the browser's own messages about such blocked or failed "
+        "requests are ignored (the test records each one).",
+        _external_connection_blocked),
     IgnoreRule(
         "optional per-user file absent (HTTP 404)",
         "On a fresh user directory the frontend asks the server for optional files: /user.css and "
@@ -200,33 +241,45 @@ class ScreenshotSink:
         self.tmp_dir = tmp_dir
         self.saved: list[Path] = []
 
-    def save(self, locator, name: str, public: bool = True) -> Path:
-        """Screenshot ``locator``; ``public=False`` keeps it in the tmp dir (no docs copy, no thumbnail)."""
+    def save(self, page, name: str, public: bool = True,
+             focus: tuple[float, float, float, float] | None = None) -> Path:
+        """Screenshot the page; ``public=False`` keeps it in the tmp dir (no docs copy, no thumbnail). The thumbnail
+        shows ``focus`` (a page-pixel box: the graph) when given, else the whole screenshot."""
         out_dir = self.dir if public else self.tmp_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         png = out_dir / f"{name}.png"
-        locator.screenshot(path=str(png), animations="disabled")
+        page.screenshot(path=str(png), animations="disabled")
         self.saved.append(png)
         if public and self.thumb_dir is not None:
-            self.thumbnail(png, self.thumb_dir / f"{name}.jpg")
+            self.thumbnail(png, self.thumb_dir / f"{name}.jpg", focus)
         return png
 
     @staticmethod
-    def thumbnail(png: Path, jpg: Path) -> Path:
+    def thumbnail(png: Path, jpg: Path, focus: tuple[float, float, float, float] | None = None) -> Path:
+        """A 400x300 JPEG (quality 85) of ``focus`` (plus a margin) widened to 4:3, or of the whole image."""
         from PIL import Image
 
         jpg.parent.mkdir(parents=True, exist_ok=True)
+        tw, th = THUMBNAIL_SIZE
         with Image.open(png) as im:
             im = im.convert("RGB")
             w, h = im.size
-            tw, th = THUMBNAIL_SIZE
-            if w * th > h * tw:  # wider than 4:3: crop the sides
-                nw = round(h * tw / th)
-                im = im.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
-            elif w * th < h * tw:
-                nh = round(w * th / tw)
-                im = im.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
-            im.resize(THUMBNAIL_SIZE, Image.LANCZOS).save(jpg, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+            x0, y0, x1, y1 = focus if focus else (0, 0, w, h)
+            margin = 0.04 * max(x1 - x0, y1 - y0) if focus else 0
+            x0, y0, x1, y1 = max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin)
+            bw, bh = x1 - x0, y1 - y0
+            if bw * th > bh * tw:  # widen the box to 4:3 around its centre, then keep it inside the image
+                bh = min(h, bw * th / tw)
+                bw = bh * tw / th
+            else:
+                bw = min(w, bh * tw / th)
+                bh = bw * th / tw
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            left = min(max(0, cx - bw / 2), w - bw)
+            top = min(max(0, cy - bh / 2), h - bh)
+            box = tuple(round(v) for v in (left, top, left + bw, top + bh))
+            im.crop(box).resize(THUMBNAIL_SIZE, Image.LANCZOS).save(jpg, "JPEG", quality=THUMBNAIL_QUALITY,
+                                                                     optimize=True)
         return jpg
 
 
@@ -274,8 +327,8 @@ _STATE_JS = """() => {
     pinia: !!pinia,
     node_count: app.graph.nodes.length,
     missing_node_types: missingNodes.map(t => typeof t === 'string' ? t : t.type),
-    missing_models: models.filter(c => c.isMissing !== false).map(c => ({name: c.name, directory: c.directory ?? null,
-                                                                          nodeType: c.nodeType, widgetName: c.widgetName})),
+    missing_models: models.filter(c => c.isMissing !== false).map(c => ({
+      name: c.name, directory: c.directory ?? null, nodeType: c.nodeType, widgetName: c.widgetName})),
     missing_media: plain(store('missingMedia')?.missingMediaCandidates) ?? [],
     unregistered_types: app.graph.nodes.filter(n => !(n.type in registered) && !n.isSubgraphNode?.()).map(n => n.type),
   };
@@ -294,6 +347,17 @@ _INSTRUMENT_JS = """() => {
 }"""
 
 _TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+# the view (zoom, offset) unchanged for 5 frames: fitting the view is animated
+_VIEW_SETTLED_JS = """() => new Promise(resolve => {
+  let last = null, same = 0;
+  const tick = () => {
+    const ds = app.canvas.ds, now = `${ds.scale},${ds.offset[0]},${ds.offset[1]}`;
+    same = now === last ? same + 1 : 0;
+    last = now;
+    if (same >= 5) resolve(true); else requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+})"""
 
 
 # ============================================================================================ frontend
@@ -308,9 +372,8 @@ class ComfyFrontend:
     def start(self) -> None:
         """Open the app as a first-time user (the frontend then opens the template browser by itself) and wait
         until it is ready: app booted, graph and canvas exist, the sidebar shows, the template browser is up."""
-        # A first run opens a blank graph and the template browser; a later one restores the last workflow or
-        # loads the default graph (with models from the internet). Make every start a first run: deterministic.
-        self.server.post("/settings/Comfy.TutorialCompleted", False)
+        for setting, value in START_SETTINGS.items():
+            self.server.post(f"/settings/{setting}", value)
         page = self.page
         page.set_default_timeout(UI_TIMEOUT_MS)
         self.console.phase = "startup"
@@ -348,10 +411,13 @@ class ComfyFrontend:
 
     def _open_category(self, category: str):
         dialog = self.open_templates()
-        entry = dialog.get_by_role("button", name=category, exact=True)
-        if not entry.is_visible():  # the "Extensions" group is collapsible
-            dialog.locator("h3", has_text=re.compile(r"^\s*Extensions\s*$")).click()
-        entry.click()
+        # custom-node packs are listed (once the template lists have loaded) under the collapsible "Extensions"
+        # heading; its chevron points right while it is collapsed
+        group = dialog.locator("h3", has_text=re.compile(r"^\s*extensions\s*$", re.IGNORECASE))
+        group.wait_for(state="visible")
+        if group.evaluate("h => !!h.parentElement.querySelector('.pi-chevron-right')"):
+            group.click()
+        dialog.get_by_role("button", name=category, exact=True).click()
         return dialog
 
     def open_template(self, name: str, category: str = PACK_NAME, expected_nodes: int | None = None) -> None:
@@ -362,14 +428,23 @@ class ComfyFrontend:
         card.wait_for(state="visible")
         before = self.page.evaluate("() => window.__memoraLoads.finished")
         card.click()
-        self.page.wait_for_function("n => window.__memoraLoads.finished > n", arg=before, timeout=UI_TIMEOUT_MS)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+        try:
+            self.page.wait_for_function("n => window.__memoraLoads.finished > n", arg=before, timeout=UI_TIMEOUT_MS)
+        except PlaywrightTimeoutError as e:  # e.g. the template JSON did not load: logged, no graph loaded
+            raise AssertionError(f"template {category}/{name}: no graph loaded within {UI_TIMEOUT_MS / 1000:.0f} s "
+                                 f"({e.__class__.__name__}); console errors meanwhile:\n"
+                                 + "\n".join(map(str, self.console.errors(self.console.phase)))) from None
         failed = self.page.evaluate("() => window.__memoraLoads.failed")
         assert not failed, f"loading the template {name!r} threw: {failed}"
         dialog.wait_for(state="hidden")
+        self.close_properties_panel()  # if a previous session left it open: it narrows the canvas
         self.page.evaluate(_TWO_FRAMES_JS)
         if expected_nodes is not None:
             count = self.page.evaluate("() => app.graph.nodes.length")
-            assert count == expected_nodes, f"template {name!r}: {count} nodes in the graph, {expected_nodes} in the file"
+            assert count == expected_nodes, \
+                f"template {name!r}: {count} nodes in the graph, {expected_nodes} in the file"
 
     # ------------------------------------------------------------------ what the UI reports
     def inspect(self) -> LoadReport:
@@ -394,9 +469,18 @@ class ComfyFrontend:
         groups.first.wait_for(state="visible")
         details = {g.get_attribute("data-testid")[len("error-group-"):]: " ".join(g.inner_text().split())
                    for g in groups.all()}
-        page.get_by_role("button", name="Toggle properties panel").first.click()
-        panel.wait_for(state="hidden")
+        self.close_properties_panel()
         return details
+
+    def close_properties_panel(self) -> None:
+        panel = self.page.get_by_test_id("properties-panel")
+        if panel.is_visible():
+            self.page.get_by_role("button", name="Toggle properties panel").first.click()
+            panel.wait_for(state="hidden")
+
+    def api_prompt(self) -> dict:
+        """The API-format prompt the frontend would queue for the current graph (``app.graphToPrompt``)."""
+        return self.page.evaluate("async () => (await app.graphToPrompt()).output")
 
     def dismiss_error_overlay(self) -> None:
         overlay = self.page.get_by_test_id("error-overlay")
@@ -410,14 +494,45 @@ class ComfyFrontend:
         self.wait_for_toasts_to_close()
 
     def wait_for_toasts_to_close(self, timeout_ms: int = 30_000) -> None:
-        """Info toasts ("Node definitions updated", ...) close by themselves after a second or so."""
-        self.page.wait_for_function("() => !document.querySelector('.p-toast-message:not(.p-toast-message-error)')",
-                                    timeout=timeout_ms)
+        """Info toasts ("Node definitions updated", ...) close by themselves after a second or so (error toasts
+        stay: ``inspect`` reports them)."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+        try:
+            self.page.wait_for_function(
+                "() => !document.querySelector('.p-toast-message:not(.p-toast-message-error)')", timeout=timeout_ms)
+        except PlaywrightTimeoutError:  # a toast that stays only spoils a screenshot; not an error of its own
+            pass
+
+    def fit_view(self) -> None:
+        """The canvas toolbar's "Fit View" button (key "."): the whole graph in view."""
+        self.page.get_by_role("button", name=re.compile(r"^Fit View")).click()
+        self.page.evaluate(_VIEW_SETTLED_JS)
 
     # ------------------------------------------------------------------ screenshots
     def screenshot(self, name: str, public: bool = True) -> Path:
-        self.page.evaluate(_TWO_FRAMES_JS)
-        return self.screenshots.save(self.page.locator("#graph-canvas"), name, public=public)
+        """The whole window (the canvas fills it); the thumbnail shows the graph's bounding box."""
+        self.page.evaluate(_VIEW_SETTLED_JS)
+        return self.screenshots.save(self.page, name, public=public, focus=self.graph_box())
+
+    def graph_box(self) -> tuple[float, float, float, float] | None:
+        """The page-pixel box around all nodes and groups as drawn now (None when the graph is empty)."""
+        box = self.page.evaluate("""() => {
+          const c = app.canvas, rect = c.canvas.getBoundingClientRect();
+          const rects = [...app.graph.nodes.map(n => n.boundingRect),
+                         ...(app.graph.groups ?? []).map(g => g.boundingRect ?? g._bounding)].filter(Boolean);
+          if (!rects.length) return null;
+          const x0 = Math.min(...rects.map(r => r[0])), y0 = Math.min(...rects.map(r => r[1]));
+          const x1 = Math.max(...rects.map(r => r[0] + r[2])), y1 = Math.max(...rects.map(r => r[1] + r[3]));
+          const a = c.ds.convertOffsetToCanvas([x0, y0]), b = c.ds.convertOffsetToCanvas([x1, y1]);
+          return [rect.left + a[0], rect.top + a[1], rect.left + b[0], rect.top + b[1]];  // CSS pixels
+        }""")
+        return tuple(box) if box else None
+
+    def widget_names(self) -> dict[str, list[str]]:
+        """Node id -> the names of its widgets, in the order the frontend fills them from ``widgets_values``."""
+        return dict(self.page.evaluate(
+            "() => app.graph.nodes.map(n => [String(n.id), (n.widgets ?? []).map(w => w.name)])"))
 
     # ------------------------------------------------------------------ run
     def queue(self) -> dict:
@@ -451,13 +566,13 @@ class ComfyFrontend:
 
 # ========================================================================================= stand-ins
 class ModelStandIns:
-    """Empty files standing in for the models a workflow names (SD 1.4, unlearned UNets, recovered LoRAs), so
-    that the frontend sees them installed; removed again by ``remove``. Nothing runs them."""
+    """Empty stand-ins for the models a workflow names (SD 1.4, unlearned UNets, recovered LoRAs, detector
+    folders), so that the frontend and the server see them installed; removed again by ``remove``. Nothing runs
+    them."""
 
     def __init__(self, server, root: Path):
         self.server, self.root = server, root.resolve()
-        self.created: list[Path] = []
-        self.created_dirs: list[Path] = []
+        self.created: list[Path] = []  # files and folders, in creation order
         self._folders: dict[str, str] | None = None
 
     def folders(self) -> dict[str, str]:
@@ -471,41 +586,122 @@ class ModelStandIns:
         name, directory = candidate["name"], candidate.get("directory")
         folders = self.folders()
         head, _, rest = name.partition("/")
+        widget = (candidate.get("nodeType"), candidate.get("widgetName"))
         if directory and directory in folders:
             path = Path(folders[directory]) / name
         elif rest and head in folders:
             path = Path(folders[head]) / rest
-        elif (candidate.get("nodeType"), candidate.get("widgetName")) in PACK_MODEL_WIDGET_FOLDERS:
-            path = Path(folders[PACK_MODEL_WIDGET_FOLDERS[(candidate["nodeType"], candidate["widgetName"])]]) / name
+        elif widget in PACK_MODEL_WIDGETS and PACK_MODEL_WIDGETS[widget][1] == "file":
+            path = Path(folders[PACK_MODEL_WIDGETS[widget][0]]) / name
         else:
             raise AssertionError(f"no models folder known for {candidate}; add its (node type, widget) to "
-                                 "PACK_MODEL_WIDGET_FOLDERS in tests/comfyui/browser.py")
+                                 "PACK_MODEL_WIDGETS in tests/comfyui/browser.py")
+        assert name.lower().endswith(MODEL_SUFFIXES), f"not a model file name: {candidate}"
+        return self._inside(path, candidate)
+
+    def _inside(self, path: Path, what) -> Path:
         path = path.resolve()
-        assert self.root in path.parents, f"{candidate} resolves outside the session folder: {path}"
-        assert path.name.lower().endswith(MODEL_SUFFIXES), f"not a model file name: {candidate}"
+        assert self.root in path.parents, f"{what} resolves outside the session folder: {path}"
         return path
 
     def create(self, candidates: list[dict]) -> list[Path]:
-        made = []
-        for candidate in candidates:
-            path = self.path_for(candidate)
-            if path.exists():
-                continue
-            missing_dirs = [d for d in reversed(path.parents) if self.root in d.parents and not d.exists()]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.created_dirs.extend(missing_dirs)
-            path.touch()
+        """Empty files for the frontend's missing-model candidates."""
+        return [p for p in (self._make(self.path_for(c)) for c in candidates) if p]
+
+    def create_for(self, problem: "PromptProblem") -> Path | None:
+        """A stand-in for a combo value of a pack model widget that is not installed here (None: not one)."""
+        entry = PACK_MODEL_WIDGETS.get((problem.class_type, problem.input))
+        if not problem.absent_option or entry is None or not isinstance(problem.value, str):
+            return None
+        key, kind = entry
+        path = self._inside(Path(self.folders()[key]) / problem.value, problem)
+        if kind == "hf-folder":  # a Hugging Face model folder: listed when it holds a config.json
+            self._make(path, folder=True)
+            return self._make(path / "config.json", text="{}")
+        return self._make(path)
+
+    def _make(self, path: Path, folder: bool = False, text: str = "") -> Path | None:
+        if path.exists():
+            return None
+        for d in reversed(path.parents if not folder else (path, *path.parents)):
+            if self.root in d.parents and not d.exists():
+                d.mkdir()
+                self.created.append(d)
+        if not folder:
+            path.write_text(text)
             self.created.append(path)
-            made.append(path)
-        return made
+        return path
 
     def remove(self) -> None:
-        for path in reversed(self.created):
-            path.unlink(missing_ok=True)
-        for d in reversed(self.created_dirs):  # innermost first; only what is still empty
+        for path in reversed(self.created):  # files and innermost folders first; a folder only when empty
             try:
-                d.rmdir()
+                path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
             except OSError:
                 pass
         self.created.clear()
-        self.created_dirs.clear()
+
+
+# ====================================================================================== prompt check
+@dataclass(frozen=True)
+class PromptProblem:
+    node_id: str
+    class_type: str
+    input: str | None
+    value: object
+    message: str
+    absent_option: bool = False  # a combo value the server does not list (e.g. a model not installed here)
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} ({self.class_type}): {self.message}"
+
+
+def _input_spec(spec) -> tuple[object, dict]:
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return kind, options
+
+
+def prompt_problems(prompt: dict, object_info: dict) -> list[PromptProblem]:
+    """Where the frontend's prompt disagrees with the server's node definitions: unknown node types, required
+    inputs without a value, widget values of the wrong type, outside min/max or not among a combo's options
+    (a shifted ``widgets_values`` list in a workflow file shows up here)."""
+    problems = []
+    for node_id, node in sorted(prompt.items(), key=lambda kv: str(kv[0])):
+        class_type = node.get("class_type")
+        info = object_info.get(class_type)
+        if info is None:
+            problems.append(PromptProblem(str(node_id), class_type, None, None, "unknown node type"))
+            continue
+        inputs = node.get("inputs", {})
+
+        def problem(name, value, message, absent=False):
+            problems.append(PromptProblem(str(node_id), class_type, name, value, message, absent))
+
+        for section in ("required", "optional"):
+            for name, spec in (info.get("input", {}).get(section) or {}).items():
+                kind, options = _input_spec(spec)
+                if name not in inputs:
+                    if section == "required":
+                        problem(name, None, f"required input {name!r} has no value and no link")
+                    continue
+                value = inputs[name]
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                    continue  # a link [node id, output index]
+                choices = kind if isinstance(kind, list) else (options.get("options") if kind == "COMBO" else None)
+                if choices is not None:
+                    if value not in choices:
+                        problem(name, value, f"{name}={value!r} is not one of its options {choices[:8]}"
+                                + (" ..." if len(choices) > 8 else ""), absent=True)
+                    continue
+                ok = {"INT": isinstance(value, int) and not isinstance(value, bool),
+                      "FLOAT": isinstance(value, (int, float)) and not isinstance(value, bool),
+                      "BOOLEAN": isinstance(value, bool),
+                      "STRING": isinstance(value, str)}.get(kind, True)
+                if not ok:
+                    problem(name, value, f"{name}={value!r} is not a {kind}")
+                    continue
+                if kind in ("INT", "FLOAT"):
+                    low, high = options.get("min"), options.get("max")
+                    if (low is not None and value < low) or (high is not None and value > high):
+                        problem(name, value, f"{name}={value!r} outside [{low}, {high}]")
+    return problems

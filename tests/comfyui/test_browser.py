@@ -2,8 +2,10 @@
 
 Every ``workflows/*.json`` is opened from the template browser the way a user does it (Templates -> Extensions
 -> ComfyUI-MemoRa -> the card) and must load with no missing node and no console error; with the models it
-names in place (empty stand-in files: this test environment has no SD 1.4) it must show no error at all. A
-screenshot of each is saved. Then the toy workflow is queued with the Run button and must finish with outputs.
+names in place (empty stand-in files: this test environment has no SD 1.4) it must show no error at all, and the
+prompt the frontend builds from it must pass the server's node definitions (types, ranges, combo options: a
+``widgets_values`` list shifted against the widgets shows up here). A screenshot of each is saved. Then the toy
+workflow is queued with the Run button and must finish with outputs, which the UI must show.
 
 Screenshots: pytest's tmp dir, or ``MEMORA_SCREENSHOT_DIR`` (``<name>.png``); with ``MEMORA_THUMBNAIL_DIR`` also
 ``<name>.jpg`` thumbnails (400x300). ``MEMORA_BROWSER_RUN_TIMEOUT`` (seconds, default 900) bounds the toy run.
@@ -22,7 +24,7 @@ import warnings
 import pytest
 
 from browser import (IGNORED_CONSOLE_ERRORS, VIEWPORT, WORKFLOWS_DIR, ComfyFrontend, ModelStandIns,
-                     ScreenshotSink, browser_unavailable_reason, launch_chromium, workflow_files)
+                     ScreenshotSink, browser_unavailable_reason, launch_chromium, prompt_problems, workflow_files)
 from comfy_testing import PACK_NAME
 
 _REASON = browser_unavailable_reason()
@@ -71,6 +73,28 @@ def frontend(chromium, comfy_server, screenshots, stand_ins):
         yield ui
     finally:
         context.close()
+
+
+def _node_definitions(server, prompt: dict) -> dict:
+    definitions = {}
+    for class_type in sorted({n["class_type"] for n in prompt.values()}):
+        definitions.update(server.get(f"/object_info/{class_type}"))  # {} for a type the server lacks
+    return definitions
+
+
+def _widget_hint(path, frontend, problems) -> str:
+    """The frontend fills a node's widgets from ``widgets_values`` in order; a seed INT gets a
+    ``control_after_generate`` widget right after it, whose value ("fixed", "randomize", ...) the list must hold
+    too. Show both lists for the nodes in question."""
+    ids = {p.node_id for p in problems}
+    names = frontend.widget_names()
+    lines = []
+    for node in json.loads(path.read_text())["nodes"]:
+        if str(node["id"]) in ids:
+            lines.append(f"  node {node['id']} ({node['type']}):\n    widgets in the UI : {names.get(str(node['id']))}"
+                         f"\n    widgets_values    : {node.get('widgets_values')}")
+    return ("\nwidgets_values are assigned to the widgets in order (a seed is followed by its "
+            "control_after_generate value):\n" + "\n".join(lines)) if lines else ""
 
 
 def _errors_text(entries) -> str:
@@ -190,6 +214,7 @@ def test_workflow_opens_from_template_browser(frontend, stand_ins, path, record_
         # This environment has none of the real models (SD 1.4, unlearned UNets, recovered LoRAs); anything
         # but missing models is an error of the workflow. Install stand-ins, refresh (R), reopen the template.
         record_property("missing_models", report.missing_models)
+        first_missing_models = report.missing_models
         assert report.missing_models and not report.missing_media and not report.error_toasts \
             and set(report.error_groups) <= {"missing-model"}, f"{name}: load errors\n{report.describe()}"
         stand_ins.create(report.missing_models)
@@ -199,12 +224,28 @@ def test_workflow_opens_from_template_browser(frontend, stand_ins, path, record_
         frontend.open_template(name, expected_nodes=expected_nodes)
         report = frontend.inspect()
         assert report.clean, f"{name}: errors with its models in place\n{report.describe()}"
+    shot = frontend.screenshot(name)  # saved even when a check below fails
+    prompt = frontend.api_prompt()
+    problems = prompt_problems(prompt, _node_definitions(frontend.server, prompt))
+    placed = [p for p in map(stand_ins.create_for, problems) if p]
+    if placed:  # pack model values the frontend does not check (a detector folder): stand-ins, check again
+        problems = prompt_problems(prompt, _node_definitions(frontend.server, prompt))
+    assert not problems, f"{name}: the prompt the frontend builds from it is invalid:\n" \
+        + "\n".join(map(str, problems)) + _widget_hint(path, frontend, problems)
     errors = [e for p in phases for e in console.errors(p)]
     assert not errors, f"{name}: console errors\n{_errors_text(errors)}"
-    record_property("ignored_console_errors", [f"{rule}: {e.text} ({e.url})" for p in phases
-                                               for e, rule in console.ignored(p)])
-    frontend.screenshot(name)
-    record_property("seconds", round(time.monotonic() - started, 1))
+    ignored = [f"{rule}: {e.text[:160]} ({e.url})" for p in phases for e, rule in console.ignored(p)]
+    record_property("ignored_console_errors", ignored)
+    seconds = round(time.monotonic() - started, 1)
+    record_property("seconds", seconds)
+    print(f"{name}: opened cleanly in {seconds} s; {len(prompt)} prompt nodes; screenshot {shot}")
+    if len(phases) > 1:
+        print(f"  models it names, missing here, replaced by empty stand-ins: "
+              f"{sorted({m['name'] for m in first_missing_models})}")
+    if placed:
+        print(f"  stand-ins for model values the frontend does not check: {[str(p) for p in placed]}")
+    for line in ignored:
+        print(f"  ignored console error: {line}")
 
 
 @pytest.mark.skipif(not (WORKFLOWS_DIR / "toy.json").exists(), reason="workflows/toy.json does not exist")
@@ -222,7 +263,7 @@ def test_toy_workflow_runs_from_the_browser(frontend, comfy_server, comfy_dirs, 
     console.phase = "run toy"
     started = time.monotonic()
     answer = frontend.queue()
-    assert answer.get("prompt_id") and not answer.get("node_errors"), answer
+    assert answer.get("prompt_id") and not answer.get("node_errors"), json.dumps(answer, indent=1)[:6000]
     prompt_id = answer["prompt_id"]
     entry = comfy_server.wait(prompt_id, RUN_TIMEOUT)
     seconds = round(time.monotonic() - started, 1)
@@ -244,12 +285,14 @@ def test_toy_workflow_runs_from_the_browser(frontend, comfy_server, comfy_dirs, 
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict) and "filename" in item and "type" in item:
                     assert comfy_dirs.ui_file(item).is_file(), f"node {node_id} {key}: no file for {item}"
-    record_property("toy_outputs", {k: {kk: len(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
-                                    for k, v in outputs.items()})
+    summary = {k: {kk: len(vv) if isinstance(vv, list) else vv for kk, vv in v.items()} for k, v in outputs.items()}
+    record_property("toy_outputs", summary)
+    print(f"toy: ran in {seconds} s (queued from the Run button); outputs per node: {summary}")
 
     frontend.wait_until_idle(prompt_id)
     frontend.wait_for_node_outputs({k: v for k, v in outputs.items() if k in output_nodes})
     after = frontend.inspect()
     assert not after.overlay and not after.error_toasts, f"the UI shows errors after the run\n{after.describe()}"
     assert not console.errors("run toy"), _errors_text(console.errors("run toy"))
-    frontend.screenshot("toy_finished")
+    frontend.fit_view()  # the previews made nodes taller than when the graph was fitted on opening
+    print(f"toy: finished graph screenshot {frontend.screenshot('toy_finished')}")

@@ -36,7 +36,7 @@ def _expected_node_ids() -> dict[str, str]:
 
 def test_every_node_is_registered_with_category_and_tooltips(comfy_server):
     expected = _expected_node_ids()
-    assert len(expected) == len(set(expected.values())) == 12
+    assert len(expected) == len(set(expected.values())) == 15
     info = comfy_server.get("/object_info")
     ours = {node_id for node_id, spec in info.items() if spec.get("python_module") == f"custom_nodes.{PACK_NAME}"}
     assert ours == set(expected.values())
