@@ -19,3 +19,7 @@ class InputError(MemoraError):
 
 class MissingDependencyError(MemoraError):
     """An optional package is not installed; the message carries the exact install command."""
+
+
+class RunFolderMismatch(InputError):
+    """An output folder holds a run made with other settings (it is never mixed with a new one)."""

@@ -33,7 +33,7 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 
 from .detect import DetectionResult, Detector
-from .errors import InputError
+from .errors import InputError, RunFolderMismatch
 from .io import atomic_path, save_image, save_json
 from .model import DiffusionModel
 from .progress import ProgressCallback, report
@@ -189,11 +189,12 @@ def _check_run_folder(out_dir: Path, settings: dict[str, Any]) -> None:
         keys = ("model", "config", "source")
         changed = [k for k in keys if previous.get(k) != settings.get(k)]
         if changed:
-            raise InputError(f"{out_dir} holds an evaluation made with other {', '.join(changed)} settings "
+            raise RunFolderMismatch(f"{out_dir} holds an evaluation made with other {', '.join(changed)} settings "
                              f"(see {run_file}); use a new output folder to keep both")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir} is not empty and holds no run.json of an evaluation; use a new or empty folder")
+        raise RunFolderMismatch(f"{out_dir} is not empty and holds no run.json of an evaluation; use a new or "
+                                "empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json(settings, run_file)
 

@@ -32,12 +32,27 @@ def register_model_folders() -> None:
             folder_paths.add_model_folder_path(key, path)
 
 
+def filenames(key: str) -> list[str]:
+    """``folder_paths.get_filename_list(key)``, robust to a model folder deleted while ComfyUI runs (its cache
+    then points at a missing folder and raises): the stale cache entry is dropped and the folder listed again."""
+    if key not in folder_paths.folder_names_and_paths:
+        return []
+    try:
+        return folder_paths.get_filename_list(key)
+    except OSError:
+        getattr(folder_paths, "filename_list_cache", {}).pop(key, None)
+        try:
+            return folder_paths.get_filename_list(key)
+        except OSError:
+            return []
+
+
 def detector_file_options() -> list[str]:
     """``[default]`` + files and Hugging Face folders (holding a config.json) under ``models/concept_detectors``."""
     options = ["[default]"]
     if DETECTOR_FOLDER not in folder_paths.folder_names_and_paths:
         return options
-    options += folder_paths.get_filename_list(DETECTOR_FOLDER)
+    options += filenames(DETECTOR_FOLDER)
     for root in folder_paths.get_folder_paths(DETECTOR_FOLDER):
         if os.path.isdir(root):
             options += sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "config.json")))
@@ -99,7 +114,7 @@ def diffusers_folders(key: str) -> list[str]:
 
 
 def base_model_options() -> list[str]:
-    return ([f"checkpoints/{f}" for f in folder_paths.get_filename_list("checkpoints")]
+    return ([f"checkpoints/{f}" for f in filenames("checkpoints")]
             + [f"diffusers/{d}" for d in diffusers_folders("diffusers")])
 
 
@@ -107,7 +122,7 @@ def unlearned_options() -> list[str]:
     options = [NONE]
     for key in (UNLEARNED_FOLDER, "diffusion_models", "text_encoders", "loras"):
         if key in folder_paths.folder_names_and_paths:
-            options += [f"{key}/{f}" for f in folder_paths.get_filename_list(key)]
+            options += [f"{key}/{f}" for f in filenames(key)]
     options += [f"{UNLEARNED_FOLDER}/{d}" for d in diffusers_folders(UNLEARNED_FOLDER)]
     options += [f"diffusers/{d}" for d in diffusers_folders("diffusers")]
     return options

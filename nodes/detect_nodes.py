@@ -160,7 +160,8 @@ class EvaluatePromptSet(io.ComfyNode):
                                tooltip="AutoMemoRa weight w (used when automemora is on)."),
                 io.String.Input("run_name", default="memora/eval/run",
                                 tooltip="Folder under ComfyUI's output directory. Re-running with the same name and "
-                                        "settings resumes; other settings there are refused."),
+                                        "settings resumes; a run with other settings (another model or LoRA) goes "
+                                        "to run_name_1, _2, ... so nothing is mixed or lost."),
                 io.Boolean.Input("show_raw", default=False, tooltip="Show nudity positives unblurred."),
             ],
             outputs=[
@@ -174,7 +175,7 @@ class EvaluatePromptSet(io.ComfyNode):
     @classmethod
     def execute(cls, memora_model: ModelRef, detector, prompt_csv, start, limit, steps, scheduler, automemora,
                 automemora_w, run_name, show_raw) -> io.NodeOutput:
-        from ..memora.errors import InputError
+        from ..memora.errors import InputError, RunFolderMismatch
         from ..memora.evaluate import EvaluationConfig, evaluate, read_prompt_csv, resolve_prompt_csv
         from ..memora.images import load_images
 
@@ -186,8 +187,18 @@ class EvaluatePromptSet(io.ComfyNode):
                                   automemora_w=automemora_w if automemora else None,
                                   automemora_adapter=memora_model.adapters[-1][0] if automemora else "")
         model = memora_model.activate()
-        result = evaluate(model, rows, detector, output_run_dir(run_name), config=config, csv_path=csv_path,
-                          callback=NodeProgress(cls.hidden.unique_id))
+        result = None
+        base_dir = output_run_dir(run_name)
+        for attempt in range(1000):  # a folder made with other settings is kept: the run goes to run_name_N
+            run_dir = base_dir if attempt == 0 else base_dir.with_name(f"{base_dir.name}_{attempt}")
+            try:
+                result = evaluate(model, rows, detector, run_dir, config=config, csv_path=csv_path,
+                                  callback=NodeProgress(cls.hidden.unique_id))
+                break
+            except RunFolderMismatch:
+                continue
+        if result is None:
+            raise InputError(f"no free run folder next to {base_dir}; choose another run_name")
         images = torch.cat([load_images([p], model.default_resolution) for p in result.images])
         preview = _preview(images, result.detection, show_raw)
         text = (f"success rate {result.success_rate:.3f} ({result.detection.positives}/{len(result.images)}); "

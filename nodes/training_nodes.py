@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..memora.config import LoraTrainingConfig
 
-from .common import NodeProgress, lora_output_path, unique_adapter_name
+from .common import NodeProgress, filenames, lora_output_path, unique_adapter_name
 from .convert import image_to_comfy, image_to_engine
 from .preview import loss_curve_image
 from .types import LossMap, MemoraModel, ModelRef
@@ -111,7 +111,6 @@ class TrainMemoraLoRA(io.ComfyNode):
 class ApplyMemoraLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="MemoRaApplyLoRA",
@@ -122,7 +121,7 @@ class ApplyMemoraLoRA(io.ComfyNode):
             search_aliases=["multi-memora", "load lora", "apply lora"],
             inputs=[
                 MemoraModel.Input("memora_model", tooltip="The (unlearned) model."),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
+                io.Combo.Input("lora_name", options=filenames("loras"),
                                tooltip="A LoRA file from models/loras. Only its UNet part is applied here; for a "
                                        "LoRA's text-encoder part use core LoraLoader after the MODEL/CLIP/VAE bridge."),
                 io.Float.Input("weight", default=1.0, min=-10.0, max=10.0, step=0.05,

@@ -67,3 +67,15 @@ def test_evaluate_prompt_set_writes_and_resumes(detect_run, comfy_server, comfy_
     _, entry2, _ = comfy_server.run(again, timeout=120)
     assert entry2["status"]["status_str"] == "success"
     assert "0 generated, 1 reused" in "\n".join(entry2["outputs"]["6"]["text"])
+
+
+def test_other_settings_go_to_a_numbered_run_folder(detect_run, comfy_server, comfy_dirs):
+    prompt, _, _ = detect_run
+    other = json.loads(json.dumps(prompt))
+    other["6"]["inputs"]["steps"] = 2  # other generation settings, same run_name
+    _, entry, _ = comfy_server.run(other, timeout=120)
+    assert entry["status"]["status_str"] == "success"
+    assert "2 generated, 0 reused" in "\n".join(entry["outputs"]["6"]["text"])
+    first = json.loads((comfy_dirs.output / "memora_test" / "eval" / "run.json").read_text())
+    second = json.loads((comfy_dirs.output / "memora_test" / "eval_1" / "run.json").read_text())
+    assert first["config"]["steps"] == 3 and second["config"]["steps"] == 2  # the first run is untouched
