@@ -108,6 +108,12 @@ function fitHeight(node) {
   else node.size = size;
 }
 
+/** Where a panel widget draws: the node's width less the margins, 2 px inside its row; null when too narrow. */
+function panelBox(width, y, height) {
+  const box = { x0: MARGIN, w: width - 2 * MARGIN, top: y + 2, h: height - 4 };
+  return box.w > 30 ? box : null;
+}
+
 function roundedRect(ctx, x, y, w, h, r) {
   ctx.beginPath();
   if (typeof ctx.roundRect === "function") ctx.roundRect(x, y, w, h, r);
@@ -159,11 +165,9 @@ function freshLossState() {
 
 function drawLossCurve(ctx, node, width, y, height) {
   const st = lossState.get(node);
-  const x0 = MARGIN;
-  const w = width - 2 * MARGIN;
-  const top = y + 2;
-  const h = height - 4;
-  if (!(w > 30)) return;
+  const box = panelBox(width, y, height);
+  if (!box) return;
+  const { x0, w, top, h } = box;
   ctx.save();
   roundedRect(ctx, x0, top, w, h, 6);
   ctx.fillStyle = "rgba(0, 0, 0, 0.25)";
@@ -289,11 +293,9 @@ function onProgressText(event) {
 // ------------------------------------------------------------------------------------------- success rate
 function drawRateBar(ctx, node, width, y, height) {
   const st = rateState.get(node);
-  const x0 = MARGIN;
-  const w = width - 2 * MARGIN;
-  const top = y + 2;
-  const h = height - 4;
-  if (!(w > 30)) return;
+  const box = panelBox(width, y, height);
+  if (!box) return;
+  const { x0, w, top, h } = box;
   ctx.save();
   roundedRect(ctx, x0, top, w, h, h / 2);
   ctx.fillStyle = "rgba(0, 0, 0, 0.3)";

@@ -231,16 +231,21 @@ def esd(model: DiffusionModel, prompts: str | Sequence[str], config: ESDConfig |
             unet.train()
             with trainable.autocast():
                 pred = unet(xt, t, encoder_hidden_states=cond).sample
-            loss = F.mse_loss(pred.float(), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(_optimizer_step(opt, pred, target))
             report(callback, "erase (ESD)", it + 1, config.iterations, loss=losses[-1])
     finally:
         trainable.finish()
         del original
     return EraseResult(f"esd-{config.params}", names, asdict(config), losses, round(time.time() - t0, 2))
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, pred: torch.Tensor, target: torch.Tensor) -> float:
+    """One update on the MSE between the UNet's prediction and its target; returns the loss."""
+    loss = F.mse_loss(pred.float(), target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 # ---------------------------------------------------------------------------------------------- remap
@@ -285,11 +290,7 @@ def remap(model: DiffusionModel, data: RemapData, config: RemapConfig | None = N
             xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(model.dtype)
             with trainable.autocast():
                 pred = unet(xt, t, encoder_hidden_states=cond).sample
-            loss = F.mse_loss(pred.float(), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(_optimizer_step(opt, pred, noise))
             report(callback, "erase (remap)", it + 1, config.iterations, loss=losses[-1])
     finally:
         trainable.finish()
