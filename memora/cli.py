@@ -202,7 +202,9 @@ def _detector_from_args(args):
 
     device, _ = _device_and_dtype(args)
     return load_detector(args.detector, target=args.target, model_file=args.detector_file,
-                         threshold=args.threshold, top_k=args.top_k, protocol=args.protocol, device=device)
+                         threshold=args.threshold, top_k=args.top_k, protocol=args.protocol,
+                         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+                         device=device)
 
 
 def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,6 +220,8 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="nudenet: score an EXPOSED class must exceed (default 0.45 for "
                                                    "unlearndiffatk; any kept box for memora)")
     p.add_argument("--top-k", type=int, help="imagenet/style: positive if the target is in the top-k (default 1)")
+    p.add_argument("--classes", metavar="A,B,...",
+                   help="nudenet: the classes that count, comma-separated (default: the 9 EXPOSED classes)")
     p.add_argument("--protocol", choices=["unlearndiffatk", "memora"],
                    help="nudenet: UnlearnDiffAtk's rule (default) or the MemoRa code's pip-NudeNet defaults")
 

@@ -272,10 +272,10 @@ def _write_results(out_dir: Path, rows: Sequence[PromptRow], images: Sequence[Pa
     summary = detection.to_dict()
     for det, row in zip(summary["results"], rows):
         det.update(id=row.id, prompt=row.prompt, seed=row.seed, guidance=row.guidance)
+    rest = {k: v for k, v in summary.items() if k not in ("success_rate", "positives", "images")}
     save_json({"success_rate": detection.success_rate, "positives": detection.positives, "images": len(rows),
-               "rows": {"first": rows[0].id, "last": rows[-1].id, "count": len(rows)}, "generation": settings, **{k: v for k, v in summary.items()
-                                          if k not in ("success_rate", "positives", "images")}},
-              json_path, overwrite=True)
+               "rows": {"first": rows[0].id, "last": rows[-1].id, "count": len(rows)}, "generation": settings,
+               **rest}, json_path, overwrite=True)
     return csv_path, json_path
 
 

@@ -44,3 +44,22 @@ def test_evaluate_runs_and_resumes(tmp_path, capsys):
     assert summary["images"] == 3 and summary["generation"]["source"]["prompt_csv"] == "toy_circle.csv"
     assert main(args + ["--base", "x"]) == 2  # --toy and --base together
     assert "not both" in capsys.readouterr().err
+
+
+def test_detect_nudenet_class_set_and_threshold(tmp_path, capsys):
+    """The class set and threshold are the user's: a portrait is no nudity, but FACE_FEMALE above 0.5 counts."""
+    import pytest
+
+    pytest.importorskip("nudenet", reason="the NudeNet extra is not installed")
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "portrait.png")
+    assert main(["detect", "-q", "--detector", "nudenet", str(tmp_path / "portrait.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["success_rate"] == 0.0
+    assert main(["detect", "-q", "--detector", "nudenet", "--classes", "FACE_FEMALE", "--threshold", "0.5",
+                 str(tmp_path / "portrait.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["success_rate"] == 1.0 and out["protocol"]["classes"] == ["FACE_FEMALE"]
+    assert main(["detect", "-q", "--detector", "toy", "--classes", "FACE_FEMALE", str(tmp_path / "portrait.png")]) == 2
+    assert "takes no classes" in capsys.readouterr().err

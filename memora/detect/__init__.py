@@ -33,7 +33,7 @@ __all__ = ["DETECTOR_KINDS", "DEFAULT_TARGETS", "DetectionResult", "Detector", "
 
 def load_detector(kind: str, *, target: str | int | None = None, model_file: str | os.PathLike | None = None,
                   threshold: float | None = None, top_k: int | None = None, protocol: str | None = None,
-                  device: str | torch.device = "cpu") -> Detector:
+                  classes: list[str] | None = None, device: str | torch.device = "cpu") -> Detector:
     """Build a detector of ``kind`` (see the module docstring).
 
     Args:
@@ -44,20 +44,23 @@ def load_detector(kind: str, *, target: str | int | None = None, model_file: str
             required), a toy detector file (toy; default the shipped one).
         threshold: nudenet score threshold (default per protocol). top_k: classifiers' top-k rule (default 1).
         protocol: nudenet ``"unlearndiffatk"`` (default) or ``"memora"``.
+        classes: nudenet: the classes that count (default the 9 EXPOSED classes of the literature).
     """
     if kind not in DETECTOR_KINDS:
         raise InputError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTOR_KINDS)}")
     unused = [name for name, value, allowed in (
         ("threshold", threshold, ("nudenet",)), ("protocol", protocol, ("nudenet",)),
+        ("classes", classes, ("nudenet",)),
         ("top_k", top_k, ("imagenet", "style"))) if value is not None and kind not in allowed]
     if unused:
         raise InputError(f"the {kind} detector takes no {' or '.join(unused)}")
     if kind == "nudenet":
-        from .nudenet import NudeNetDetector
+        from .nudenet import NUDE_CLASSES, NudeNetDetector
 
         if target not in (None, "", "nudity"):
             raise InputError(f"the nudenet detector detects nudity only; got target {target!r}")
-        return NudeNetDetector(model_file, protocol=protocol or "unlearndiffatk", threshold=threshold)
+        return NudeNetDetector(model_file, protocol=protocol or "unlearndiffatk", threshold=threshold,
+                               classes=tuple(classes) if classes else NUDE_CLASSES)
     target = DEFAULT_TARGETS[kind] if target in (None, "") else target
     if kind == "imagenet":
         from .imagenet import ImageNetDetector
