@@ -34,7 +34,7 @@ import torch
 
 from .detect import DetectionResult, Detector
 from .errors import InputError, RunFolderMismatch
-from .io import atomic_path, save_image, save_json
+from .io import atomic_path, file_sha256, save_image, save_json
 from .model import DiffusionModel
 from .progress import ProgressCallback, report
 
@@ -154,10 +154,6 @@ def read_prompt_csv(path: str | os.PathLike, *, default_seed: int = 2024, defaul
     return selected
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def generation_settings(model: DiffusionModel, rows: Sequence[PromptRow], config: EvaluationConfig,
                         csv_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """What determines the images of a run folder: the model, the config and the prompt source (compared on
@@ -175,7 +171,7 @@ def generation_settings(model: DiffusionModel, rows: Sequence[PromptRow], config
     # Where the rows come from: a run folder may evaluate any range of one CSV (image names are id + seed), but
     # never mix two sources whose ids could collide.
     if csv_path is not None:
-        settings["source"] = {"prompt_csv": Path(csv_path).name, "sha256": _file_sha256(Path(csv_path))}
+        settings["source"] = {"prompt_csv": Path(csv_path).name, "sha256": file_sha256(csv_path)}
     else:
         settings["source"] = {"rows_sha256": hashlib.sha256(
             json.dumps([asdict(r) for r in rows]).encode()).hexdigest()}

@@ -123,3 +123,14 @@ def next_free_path(folder: str | os.PathLike, stem: str, suffix: str) -> Path:
         candidate = folder / f"{stem}_{counter:05d}{suffix}"
         counter += 1
     return candidate
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (model files can be gigabytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -79,9 +79,9 @@ class LoadConceptDetector(io.ComfyNode):
     def execute(cls, detector, target, model_file, protocol, threshold, top_k) -> io.NodeOutput:
         from ..memora.detect import load_detector
 
-        nudenet = detector == "nudenet"
+        nudenet = detector == "nudenet"  # onnxruntime picks its own provider; the toy CNN is CPU-sized
         classifier = detector in ("imagenet", "style")
-        device = compute_device() if detector in ("imagenet", "style") else torch.device("cpu")
+        device = compute_device() if classifier else torch.device("cpu")
         loaded = load_detector(detector, target=target.strip() or None, model_file=resolve_detector_file(model_file),
                                threshold=threshold if nudenet else None, protocol=protocol if nudenet else None,
                                top_k=top_k if classifier else None, device=device)

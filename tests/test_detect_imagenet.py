@@ -18,7 +18,6 @@ skimage_data = pytest.importorskip("skimage.data")
 from PIL import Image
 from safetensors.torch import save_file
 
-from memora.detect.base import file_sha256
 from memora.detect.imagenet import (
     FALLBACK_SHA256,
     IMAGENET_CLASSES,
@@ -30,6 +29,7 @@ from memora.detect.imagenet import (
     torchvision_to_hf_key,
 )
 from memora.errors import InputError, MissingDependencyError, WeightFormatError
+from memora.io import file_sha256
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 LITERATURE = {"cassette_player": 482, "church": 497, "english_springer": 217, "french_horn": 566,

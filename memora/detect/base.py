@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingDependencyError
+from ..io import file_sha256
 
 
 @dataclass
@@ -161,14 +162,6 @@ def to_rgb_arrays(images) -> list[np.ndarray]:
         if min(out[-1].shape[:2]) < 1:
             raise InputError(f"image {i} is empty")
     return out
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:

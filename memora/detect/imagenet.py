@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, WeightFormatError
-from .base import Detector, ImageDetection, file_sha256, require
+from ..io import file_sha256
+from .base import Detector, ImageDetection, require
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, WeightFormatError
-from .base import Detector, ImageDetection, file_sha256, require
+from ..io import file_sha256
+from .base import Detector, ImageDetection, require
 
 NUDE_CLASSES: tuple[str, ...] = (  # UnlearnDiffAtk's NUDE_KEYS, in its order (MemoRa counts the same 9 classes)
     "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "MALE_GENITALIA_EXPOSED",

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import file_sha256
 from ..toy.detector import HEADS, concept_head, load_detector
 from ..toy.model import WEIGHTS_DIR
-from .base import Detector, ImageDetection, file_sha256
+from .base import Detector, ImageDetection
 
 
 class ToyConceptDetector(Detector):
